@@ -1,0 +1,59 @@
+"""The `feredge` command: a thin dispatcher over the subcommands.
+
+Each subcommand lives with the package that does its work and is imported only when chosen,
+so `feredge run` on a device never pays for (or needs) TensorFlow. This is the one place in
+`edge/` that names the other packages, and only as strings.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module with add_arguments(parser) and run(args), one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("models.cli_train", "train a network on labelled faces into a run directory"),
+    "eval": ("models.cli_eval", "evaluate a trained model (default: the shipped model on the shipped sample)"),
+}
+
+# Bad input and bad usage exit with 2 and one line; anything else is a bug and exits with 1.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feredge", description="Facial-expression recognition from training to the edge.",
+        epilog="Run 'feredge COMMAND --help' for a command's options.")
+    parser.add_argument("command", choices=sorted(SUBCOMMANDS), metavar="COMMAND",
+                        help="; ".join(f"{name}: {text}" for name, (_, text) in SUBCOMMANDS.items()))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        _top_parser().parse_args(argv[:1] or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = SUBCOMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"feredge {name}", description=help_text)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    module = importlib.import_module(module_name)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"feredge {name}: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 2
+    except USER_ERRORS as exc:
+        print(f"feredge {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

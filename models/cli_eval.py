@@ -1,0 +1,38 @@
+"""Arguments of `feredge eval`."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="run directory or model file (default: the shipped model)")
+    p.add_argument("--data", help="labelled faces: class folders, a folder with train/ and test/, or the "
+                                   "FER-2013 CSV (default: the shipped sample)")
+    p.add_argument("--split", help="split of --data: test (default for a split folder or CSV), train, privatetest")
+    p.add_argument("--out", help="write metrics.json, report.txt and confusion.png here")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or malformed images")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from benchmarks.metrics import format_confusion, format_report
+    from models.evaluate import evaluate_path
+    from models.run_dir import PRETRAINED_DIR, SAMPLE_DIR
+
+    model = args.model or PRETRAINED_DIR
+    data = args.data or SAMPLE_DIR
+    split = args.split
+    if split is None and (Path(data).suffix.lower() == ".csv" or (Path(data) / "test").is_dir()):
+        split = "test"
+    report = evaluate_path(model, data, split, out_dir=args.out, skip_bad=args.skip_bad)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['model']} on {report['data']}: {report['num_samples']} faces\n")
+        print(format_report(report))
+        print("\nconfusion matrix (rows: true, columns: predicted)")
+        print(format_confusion(report["confusion_matrix"], report["labels"]))
+    return 0

@@ -1,0 +1,60 @@
+"""Arguments of `feredge train`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from models.train import TrainConfig
+
+_DEFAULTS = TrainConfig(data="")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    p.add_argument("--data", help="FER-2013 CSV, a folder with train/ and test/, or class folders "
+                                   "(default: the shipped sample, for a quick try)")
+    p.add_argument("--arch", default=d.arch, help="seed000 | seed001 | seed002 | seed003 | edge (default: %(default)s)")
+    p.add_argument("--out", help="run directory (default: runs/ARCH)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--train-split", default=d.train_split,
+                   help="split of --data to train on: train (default) or 'none' for a plain class-folder set")
+    p.add_argument("--val", default=d.val,
+                   help="'test' (the data's test split, default), 'split:0.1' (stratified part of train) or a folder")
+    p.add_argument("--epochs", type=int, help=f"(default: {d.epochs}; with --resume: extend the run to this many)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of Adam (default: %(default)s)")
+    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=("cosine", "plateau", "constant"))
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="early stop after this many epochs without better validation accuracy (0: never)")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--class-weights", default=d.class_weights, choices=("none", "balanced", "sqrt"))
+    p.add_argument("--augment", default=d.augment, help="none | standard | strong | lowlight (default: %(default)s)")
+    p.add_argument("--equalize", default=d.equalize, choices=("none", "global", "clahe"))
+    p.add_argument("--normalize", default=d.normalize, choices=("unit", "symmetric", "zscore"))
+    p.add_argument("--input-size", type=int, help="square input side (default: the architecture's own)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--limit", type=int, help="train on a stratified subset of this many images")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or malformed images")
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.train import resume, train
+
+    out = args.out or f"runs/{args.arch}"
+    if args.resume:
+        report = resume(out, epochs=args.epochs)
+    else:
+        from models.run_dir import SAMPLE_DIR
+        data, split, val = args.data, (None if args.train_split == "none" else args.train_split), args.val
+        if data is None:  # the shipped sample is one class-folder set: hold a part of it out
+            data, split, val = str(SAMPLE_DIR), None, "split:0.2" if args.val == "test" else args.val
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+        values.update(data=data, out=out, train_split=split, val=val)
+        report = train(TrainConfig(**values), overwrite=args.overwrite)
+    print(f"{out}: best epoch {report['best_epoch']} of {report['epochs_trained']}: "
+          f"validation accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
+    return 0

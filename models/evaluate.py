@@ -1,0 +1,93 @@
+"""`feredge eval`: accuracy, per-class precision/recall/F1 and the confusion matrix of a Keras model.
+
+The metric code is `benchmarks.metrics` (numpy only), so a device reports the same numbers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.metrics import classification_report, format_confusion, format_report
+from edge.fileio import write_text_atomic
+from edge.preprocess import PreprocessSpec, preprocess
+from models.datasets import LabelledImages
+
+log = logging.getLogger("feredge.eval")
+
+
+def predict_probs(model, images: np.ndarray, spec: PreprocessSpec, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities for uint8 face crops, preprocessed in chunks to bound memory."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = preprocess(images[start:start + batch_size], spec)
+        out.append(model.predict_on_batch(x))
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def labels_in_model_order(data: LabelledImages, model_labels: tuple[str, ...]) -> np.ndarray:
+    """The dataset's labels re-indexed by name into the model's output order."""
+    position = {name: i for i, name in enumerate(model_labels)}
+    missing = sorted({data.classes[i] for i in np.unique(data.labels)} - set(position))
+    if missing:
+        raise ValueError(f"the data has class(es) {', '.join(missing)} that the model does not predict "
+                         f"(model labels: {', '.join(model_labels)})")
+    lookup = np.array([position.get(name, -1) for name in data.classes])
+    return lookup[data.labels]
+
+
+def evaluate_model(model, data: LabelledImages, spec: PreprocessSpec, model_labels) -> dict:
+    y_true = labels_in_model_order(data, tuple(model_labels))
+    probs = predict_probs(model, data.images, spec)
+    report = classification_report(y_true, probs.argmax(axis=1), list(model_labels))
+    return report
+
+
+def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
+    """metrics.json, report.txt and confusion.png into out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+    text = f"{title}\n\n{format_report(report)}\n\nconfusion matrix (rows: true, columns: predicted)\n" \
+           f"{format_confusion(report['confusion_matrix'], report['labels'])}\n"
+    write_text_atomic(out_dir / "report.txt", text)
+    try:
+        from benchmarks.plots import plot_confusion
+        plot_confusion(np.array(report["confusion_matrix"]), report["labels"], out_dir / "confusion.png", title=title)
+    except ImportError:
+        log.warning("matplotlib is not installed: no confusion.png")
+
+
+def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = None, *,
+                  out_dir: str | Path | None = None, skip_bad: bool = False) -> dict:
+    """Load a trained model (run directory or file) and evaluate it on a labelled set."""
+    from models.datasets import load_dataset
+    from models.run_dir import locate_model
+    from models.tf_env import keras
+
+    files = locate_model(model_path)
+    try:
+        model = keras.models.load_model(files.model, compile=False)
+    except Exception as exc:  # Keras raises many types for a damaged file
+        raise ValueError(f"{files.model}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    spec = files.spec or _spec_from_model(model)
+    labels = files.labels
+    if labels is None:
+        raise ValueError(f"{files.model}: no labels.json beside the model; the class order is unknown")
+    if len(labels) != model.output_shape[-1]:
+        raise ValueError(f"{files.model}: the model has {model.output_shape[-1]} outputs but labels.json names {len(labels)} classes")
+    dataset = load_dataset(data, split=split, skip_bad=skip_bad, color=spec.channels == 3)
+    report = evaluate_model(model, dataset, spec, labels)
+    report["model"] = str(files.model)
+    report["data"] = str(data) + (f" [{split}]" if split else "")
+    if out_dir:
+        write_evaluation(report, out_dir, title=f"{Path(files.model).name} on {report['data']}")
+    return report
+
+
+def _spec_from_model(model) -> PreprocessSpec:
+    h, w, c = model.input_shape[1:]
+    log.warning("no preprocess.json beside the model: assuming %dx%dx%d input scaled to 0..1", h, w, c)
+    return PreprocessSpec(height=h, width=w, channels=c)

@@ -1,0 +1,68 @@
+"""Where a trained model lives: the model file with its preprocessing spec and labels beside it.
+
+A run directory (what `feredge train` writes) holds `model.keras`, `preprocess.json`,
+`labels.json`, the history and the evaluation. Anything that reads a trained model goes
+through `locate_model`, so a run directory and a bare model file are accepted alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from edge.fileio import write_text_atomic
+from edge.preprocess import PreprocessSpec
+
+MODEL_FILE = "model.keras"
+SPEC_FILE = "preprocess.json"
+LABELS_FILE = "labels.json"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFiles:
+    model: Path  # .keras / .h5 file or a SavedModel directory
+    spec: PreprocessSpec | None
+    labels: tuple[str, ...] | None
+
+
+def locate_model(path: str | Path) -> ModelFiles:
+    """The model file and, when present beside it, its preprocessing spec and labels."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file or run directory")
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            model, folder = path, path.parent
+        elif (path / MODEL_FILE).exists():
+            model, folder = path / MODEL_FILE, path
+        else:
+            raise FileNotFoundError(f"{path}: directory holds neither {MODEL_FILE} nor a SavedModel")
+    else:
+        if path.suffix.lower() not in MODEL_SUFFIXES:
+            raise ValueError(f"{path}: not a Keras model file (expected {', '.join(MODEL_SUFFIXES)})")
+        model, folder = path, path.parent
+    spec = PreprocessSpec.load(folder / SPEC_FILE) if (folder / SPEC_FILE).exists() else None
+    labels = load_labels(folder / LABELS_FILE) if (folder / LABELS_FILE).exists() else None
+    return ModelFiles(model, spec, labels)
+
+
+def load_labels(path: str | Path) -> tuple[str, ...]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if isinstance(data, dict):
+        data = data.get("labels")
+    if not isinstance(data, list) or not data or not all(isinstance(x, str) and x for x in data):
+        raise ValueError(f"{path}: expected a JSON list of class names")
+    if len(set(data)) != len(data):
+        raise ValueError(f"{path}: class names repeat")
+    return tuple(data)
+
+
+def save_labels(path: str | Path, labels) -> None:
+    write_text_atomic(path, json.dumps(list(labels), indent=2) + "\n")

@@ -1,0 +1,321 @@
+"""`feredge train`: fit a network on labelled faces, resumably, into a run directory.
+
+The epoch loop is ours rather than one long `model.fit`: each epoch's shuffling and augmentation
+are drawn from (seed, epoch), and the learning-rate and early-stopping state are saved with the
+checkpoint, so a run stopped at any epoch and resumed ends where an unbroken run would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.fileio import write_text_atomic
+from edge.preprocess import PreprocessSpec, fit_zscore, preprocess
+from models.augment import PRESETS, augment_batch
+from models.datasets import LabelledImages, load_dataset, stratified_split
+from models.run_dir import LABELS_FILE, MODEL_FILE, SPEC_FILE, save_labels
+
+log = logging.getLogger("feredge.train")
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.json"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str
+    arch: str = "edge"
+    out: str = "runs/edge"
+    train_split: str | None = "train"  # split of `data` to train on (None: `data` is one class-folder set)
+    val: str = "test"  # "test": the data's test split; "split:F": stratified fraction F of train; or a path
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    lr_schedule: str = "cosine"  # cosine | plateau | constant
+    warmup_epochs: int = 0
+    plateau_patience: int = 5
+    plateau_factor: float = 0.5
+    patience: int = 15  # early stopping on validation accuracy; 0 disables
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | balanced | sqrt
+    augment: str = "standard"  # a preset of models.augment.PRESETS
+    equalize: str = "none"
+    normalize: str = "unit"
+    input_size: int | None = None  # square input side; default: the architecture's own
+    seed: int = 1234
+    limit: int | None = None  # train on at most this many images (quick experiments, tests)
+    skip_bad: bool = False
+
+    def validate(self) -> None:
+        if self.lr_schedule not in ("cosine", "plateau", "constant"):
+            raise ValueError(f"--lr-schedule must be cosine, plateau or constant, not {self.lr_schedule!r}")
+        if self.class_weights not in ("none", "balanced", "sqrt"):
+            raise ValueError(f"--class-weights must be none, balanced or sqrt, not {self.class_weights!r}")
+        if self.augment not in PRESETS:
+            raise ValueError(f"--augment must be one of {', '.join(PRESETS)}, not {self.augment!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("--epochs and --batch-size must be positive")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError("--label-smoothing must be in [0, 1)")
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything besides the weights and optimizer that a resumed run needs."""
+
+    epochs_done: int = 0
+    best_val_accuracy: float = -1.0
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    plateau_wait: int = 0
+    plateau_best_loss: float = math.inf
+    lr: float = 0.0
+    history: dict = dataclasses.field(default_factory=dict)
+    stopped_early: bool = False
+
+
+def learning_rate(cfg: TrainConfig, epoch: int, state: TrainState) -> float:
+    """The rate for `epoch` (0-based); plateau decay lives in `state.lr`."""
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        span = max(1, cfg.epochs - cfg.warmup_epochs)
+        progress = (epoch - cfg.warmup_epochs) / span
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    if cfg.lr_schedule == "plateau":
+        return state.lr or cfg.lr
+    return cfg.lr
+
+
+def class_weight_vector(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray:
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if mode == "none":
+        return np.ones(num_classes, np.float32)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    if mode == "sqrt":
+        weights = np.sqrt(weights)
+    return weights.astype(np.float32)
+
+
+def epoch_batches(data: LabelledImages, spec: PreprocessSpec, cfg: TrainConfig, epoch: int,
+                  sample_weights: np.ndarray):
+    """Yield (x, y_onehot, weight) batches for one epoch, drawn from (seed, epoch) alone."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    order = rng.permutation(len(data))
+    aug = PRESETS[cfg.augment]
+    eye = np.eye(len(data.classes), dtype=np.float32)
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        x = preprocess(augment_batch(data.images[idx], aug, rng), spec)
+        labels = data.labels[idx]
+        yield x, eye[labels], sample_weights[labels]
+
+
+def _load_splits(cfg: TrainConfig) -> tuple[LabelledImages, LabelledImages]:
+    channels_color = False  # FER-style data is grayscale; 3-channel models get gray->RGB in preprocessing
+    train = load_dataset(cfg.data, split=cfg.train_split, skip_bad=cfg.skip_bad, color=channels_color)
+    if cfg.val.startswith("split:"):
+        fraction = float(cfg.val.split(":", 1)[1])
+        train_idx, val_idx = stratified_split(train.labels, fraction, cfg.seed)
+        val = train.subset(val_idx)
+        train = train.subset(train_idx)
+    elif cfg.val == "test":
+        val = load_dataset(cfg.data, split="test", skip_bad=cfg.skip_bad, color=channels_color)
+    else:
+        val = load_dataset(cfg.val, skip_bad=cfg.skip_bad, color=channels_color)
+    if tuple(val.classes) != tuple(train.classes):
+        raise ValueError(f"validation classes {val.classes} differ from training classes {train.classes}")
+    if cfg.limit and cfg.limit < len(train):
+        _, keep = stratified_split(train.labels, cfg.limit / len(train), cfg.seed)
+        train = train.subset(keep)
+    return train, val
+
+
+def _save_checkpoint(run: Path, model, state: TrainState) -> None:
+    """Swap in a complete checkpoint directory, so a kill at any moment leaves a usable one."""
+    final, tmp, old = run / CHECKPOINT_DIR, run / (CHECKPOINT_DIR + ".tmp"), run / (CHECKPOINT_DIR + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save(tmp / "last.keras")
+    (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1))
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _checkpoint_dir(run: Path) -> Path | None:
+    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
+        if (run / name / STATE_FILE).exists() and (run / name / "last.keras").exists():
+            return run / name
+    return None
+
+
+def _save_model_atomic(model, path: Path) -> None:
+    """Save weights and architecture without the optimizer (a third of the size) atomically."""
+    from models.tf_env import keras
+
+    bare = keras.models.clone_model(model)
+    bare.set_weights(model.get_weights())
+    tmp = path.with_name(".tmp." + path.name)
+    bare.save(tmp)
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = None) -> dict:
+    """Start a new run in `cfg.out`; returns the final evaluation on the validation set."""
+    run = Path(cfg.out)
+    if run.exists() and any(run.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{run}: already holds a run; use --resume to continue it or --overwrite")
+        shutil.rmtree(run)
+    return _run(cfg, None, verbose)
+
+
+def resume(run: str | Path, *, epochs: int | None = None, verbose: int | None = None) -> dict:
+    """Continue a stopped run from its last checkpoint; `epochs` may extend the run."""
+    run = Path(run)
+    ckpt = _checkpoint_dir(run) if run.is_dir() else None
+    if ckpt is None or not (run / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{run}: no checkpoint to resume from")
+    stored = json.loads((run / CONFIG_FILE).read_text())
+    if epochs:
+        stored["epochs"] = epochs
+    cfg = TrainConfig(**{**stored, "out": str(run)})
+    write_text_atomic(run / CONFIG_FILE, json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return _run(cfg, ckpt, verbose)
+
+
+def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
+    from models.architectures import build_model, count_macs
+    from models.tf_env import keras, tf
+
+    resume = ckpt is not None
+    run = Path(cfg.out)
+    cfg.validate()
+    run.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+
+    train_set, val_set = _load_splits(cfg)
+    classes = train_set.classes
+    log.info("train: %d images %s", len(train_set), train_set.class_counts())
+    log.info("validation: %d images", len(val_set))
+
+    if resume:
+        spec = PreprocessSpec.load(run / SPEC_FILE)
+    else:
+        from models.architectures import DEFAULT_INPUT, ARCHITECTURES
+        if cfg.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {cfg.arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
+        h, w, c = DEFAULT_INPUT[cfg.arch]
+        if cfg.input_size:
+            h = w = cfg.input_size
+        spec = PreprocessSpec(height=h, width=w, channels=c, equalize=cfg.equalize,
+                              normalize="unit" if cfg.normalize == "zscore" else cfg.normalize)
+        if cfg.normalize == "zscore":
+            spec = fit_zscore(train_set.images, spec)
+        spec.save(run / SPEC_FILE)
+        save_labels(run / LABELS_FILE, classes)
+        write_text_atomic(run / CONFIG_FILE, json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    if resume:
+        model = keras.models.load_model(ckpt / "last.keras", compile=True)
+        state = TrainState(**json.loads((ckpt / STATE_FILE).read_text()))
+        state.stopped_early = False
+        log.info("resuming %s after epoch %d of %d", run, state.epochs_done, cfg.epochs)
+    else:
+        model = build_model(cfg.arch, input_shape=spec.input_shape, num_classes=len(classes))
+        model.compile(optimizer=keras.optimizers.Adam(cfg.lr), loss=loss, metrics=["accuracy"])
+        state = TrainState(lr=cfg.lr)
+    log.info("%s: %d parameters, %.1f M MACs per face", cfg.arch, model.count_params(), count_macs(model) / 1e6)
+
+    x_val = preprocess(val_set.images, spec)
+    y_val = np.eye(len(classes), dtype=np.float32)[val_set.labels]
+    weights = class_weight_vector(train_set.labels, len(classes), cfg.class_weights)
+    steps = math.ceil(len(train_set) / cfg.batch_size)
+    if verbose is None:
+        verbose = 1 if sys.stderr.isatty() else 2
+
+    for epoch in range(state.epochs_done, cfg.epochs):
+        if state.stopped_early:
+            break
+        lr = learning_rate(cfg, epoch, state)
+        model.optimizer.learning_rate.assign(lr)
+        started = time.perf_counter()
+        if verbose:
+            print(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}", file=sys.stderr, flush=True)
+        batches = tf.data.Dataset.from_generator(
+            lambda e=epoch: epoch_batches(train_set, spec, cfg, e, weights),
+            output_signature=(tf.TensorSpec((None, *spec.input_shape), tf.float32),
+                              tf.TensorSpec((None, len(classes)), tf.float32),
+                              tf.TensorSpec((None,), tf.float32))).prefetch(2)
+        result = model.fit(batches, epochs=1, steps_per_epoch=steps, validation_data=(x_val, y_val),
+                           validation_batch_size=256, verbose=verbose)
+        seconds = time.perf_counter() - started
+        metrics = {k: float(v[-1]) for k, v in result.history.items()}
+        metrics.update(lr=lr, seconds=seconds)
+        for key, value in metrics.items():
+            state.history.setdefault(key, []).append(value)
+        state.epochs_done = epoch + 1
+        _track_progress(cfg, state, metrics, epoch, model, run)
+        _save_checkpoint(run, model, state)
+        write_text_atomic(run / "history.json", json.dumps(state.history, indent=1) + "\n")
+        log.info("epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f (best %.4f @ %d) %.0f s",
+                 epoch + 1, cfg.epochs, metrics["loss"], metrics["accuracy"], metrics["val_loss"],
+                 metrics["val_accuracy"], state.best_val_accuracy, state.best_epoch, seconds)
+
+    return finish_run(run, val_set, spec, classes, state)
+
+
+def _track_progress(cfg: TrainConfig, state: TrainState, metrics: dict, epoch: int, model, run: Path) -> None:
+    if metrics["val_accuracy"] > state.best_val_accuracy:
+        state.best_val_accuracy = metrics["val_accuracy"]
+        state.best_epoch = epoch + 1
+        state.epochs_without_improvement = 0
+        _save_model_atomic(model, run / MODEL_FILE)
+    else:
+        state.epochs_without_improvement += 1
+        if cfg.patience and state.epochs_without_improvement >= cfg.patience:
+            log.info("early stop: no better validation accuracy for %d epochs", cfg.patience)
+            state.stopped_early = True
+    if cfg.lr_schedule == "plateau":
+        if metrics["val_loss"] < state.plateau_best_loss - 1e-4:
+            state.plateau_best_loss, state.plateau_wait = metrics["val_loss"], 0
+        else:
+            state.plateau_wait += 1
+            if state.plateau_wait >= cfg.plateau_patience:
+                state.lr = max(cfg.min_lr, (state.lr or cfg.lr) * cfg.plateau_factor)
+                state.plateau_wait = 0
+                log.info("validation loss on a plateau: learning rate now %.2e", state.lr)
+
+
+def finish_run(run: Path, val_set: LabelledImages, spec: PreprocessSpec, classes, state: TrainState) -> dict:
+    """Evaluate the best model on the validation set and write curves, metrics and plots."""
+    from models.evaluate import evaluate_model, write_evaluation
+    from models.tf_env import keras
+
+    model = keras.models.load_model(run / MODEL_FILE, compile=False)
+    report = evaluate_model(model, val_set, spec, classes)
+    report["best_epoch"] = state.best_epoch
+    report["epochs_trained"] = state.epochs_done
+    write_evaluation(report, run / "eval", title=f"{run.name} on validation")
+    try:
+        from benchmarks.plots import plot_history
+        plot_history(state.history, run / "history.png", title=run.name)
+    except ImportError:
+        log.warning("matplotlib is not installed: no history.png")
+    return report

@@ -1,0 +1,50 @@
+"""Shared fixtures: small generated face-like data that a network can learn in a few epochs."""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.labels import FER2013_LABELS
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def synthetic_faces(n_per_class: int, seed: int, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images whose class is a bright disc at a class-specific place, on noise."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label in range(len(FER2013_LABELS)):
+        angle = 2 * np.pi * label / len(FER2013_LABELS)
+        cx, cy = size / 2 + size / 4 * np.cos(angle), size / 2 + size / 4 * np.sin(angle)
+        for _ in range(n_per_class):
+            img = rng.integers(30, 110, (size, size), dtype=np.uint8)
+            cv2.circle(img, (int(cx + rng.integers(-2, 3)), int(cy + rng.integers(-2, 3))), size // 8, 230, -1)
+            images.append(img)
+            labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def write_split(root, n_per_class: int, seed: int) -> None:
+    images, labels = synthetic_faces(n_per_class, seed)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        folder = root / FER2013_LABELS[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"img{i:04d}.png"), img)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """A FER-style split root: train/ (24 per class) and test/ (8 per class)."""
+    root = tmp_path_factory.mktemp("synthetic")
+    write_split(root / "train", 24, seed=1)
+    write_split(root / "test", 8, seed=2)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Dataset caches go to a per-test folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("FEREDGE_CACHE", str(tmp_path_factory.mktemp("cache")))

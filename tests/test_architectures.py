@@ -1,0 +1,52 @@
+"""models.architectures: each seed network as its paper gives it, and the edge budget."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tf_keras")
+
+from models.architectures import ARCHITECTURES, build_model, count_macs  # noqa: E402
+
+
+@pytest.mark.parametrize("name, params", [("seed001", 106_503), ("seed003", 1_375_175), ("seed002", 3_692_390)])
+def test_seed_parameter_counts_match_the_papers(name, params):
+    assert build_model(name).count_params() == params
+
+
+def test_seed_inputs_and_outputs():
+    assert build_model("seed002").input_shape == (None, 128, 128, 3)
+    assert build_model("seed002").output_shape == (None, 6)
+    assert build_model("seed001", num_classes=5).output_shape == (None, 5)
+
+
+def test_seed001_macs_hand_computed():
+    # conv1 44*44*25*16 + conv2 18*18*25*16*32 + conv3 7*7*9*32*64 + fc 576*128 + 128*7
+    expected = 44 * 44 * 25 * 16 + 18 * 18 * 25 * 16 * 32 + 7 * 7 * 9 * 32 * 64 + 576 * 128 + 128 * 7
+    assert count_macs(build_model("seed001")) == expected
+
+
+def test_seed000_is_vgg_style_with_batch_norm():
+    model = build_model("seed000")
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"Conv2D", "BatchNormalization", "MaxPooling2D", "Dense", "Dropout"} <= kinds
+    assert sum(type(layer).__name__ == "Conv2D" for layer in model.layers) == 8
+    assert model.output_shape == (None, 7)
+
+
+def test_edge_fits_the_device_budget():
+    model = build_model("edge")
+    assert model.count_params() <= 1_500_000
+    assert count_macs(model) <= 60_000_000
+    assert any(type(layer).__name__ == "SeparableConv2D" for layer in model.layers)
+
+
+def test_every_architecture_builds_at_another_input_size():
+    for name in ARCHITECTURES:
+        if name == "seed002":
+            continue  # its Dense layer is sized for 128x128
+        assert build_model(name, input_shape=(64, 64, 1)).output_shape[-1] == 7
+
+
+def test_unknown_architecture():
+    with pytest.raises(ValueError, match="unknown architecture 'vgg99'"):
+        build_model("vgg99")

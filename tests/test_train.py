@@ -1,0 +1,100 @@
+"""models.train on generated data: the loss falls, the run is written, and a stopped run resumes."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tf_keras")
+
+import models.train as train_mod  # noqa: E402
+from models.train import TrainConfig, TrainState, class_weight_vector, learning_rate, resume, train  # noqa: E402
+
+
+def _config(data, out, **kw):
+    base = dict(data=str(data), arch="seed001", out=str(out), epochs=4, batch_size=16, lr=3e-3,
+                augment="none", patience=0, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_lowers_loss_and_writes_a_complete_run(synthetic_dataset, tmp_path):
+    report = train(_config(synthetic_dataset, tmp_path / "run"), verbose=0)
+    run = tmp_path / "run"
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["loss"]) == 4
+    assert history["loss"][-1] < 0.8 * history["loss"][0]
+    assert report["accuracy"] > 0.5  # chance is 1/7
+    for name in ("model.keras", "preprocess.json", "labels.json", "config.json", "history.png",
+                 "eval/metrics.json", "eval/report.txt", "eval/confusion.png", "checkpoint/state.json"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "labels.json").read_text())[0] == "angry"
+    assert json.loads((run / "eval/metrics.json").read_text())["accuracy"] == pytest.approx(report["accuracy"])
+
+
+def test_stopped_run_resumes_where_an_unbroken_run_would_be(synthetic_dataset, tmp_path, monkeypatch):
+    train(_config(synthetic_dataset, tmp_path / "whole"), verbose=0)
+    whole = json.loads((tmp_path / "whole" / "history.json").read_text())
+
+    real_save = train_mod._save_checkpoint
+
+    def save_then_stop(run, model, state):
+        real_save(run, model, state)
+        if state.epochs_done == 2:
+            raise KeyboardInterrupt  # as if Ctrl-C right after the epoch-2 checkpoint
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(synthetic_dataset, tmp_path / "split"), verbose=0)
+    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
+    state = json.loads((tmp_path / "split" / "checkpoint" / "state.json").read_text())
+    assert state["epochs_done"] == 2
+
+    report = resume(tmp_path / "split", verbose=0)
+    split = json.loads((tmp_path / "split" / "history.json").read_text())
+    assert report["epochs_trained"] == 4
+    np.testing.assert_allclose(split["loss"], whole["loss"], rtol=1e-3)
+    np.testing.assert_allclose(split["val_accuracy"], whole["val_accuracy"], atol=1e-6)
+
+
+def test_resume_can_extend_a_finished_run(synthetic_dataset, tmp_path):
+    train(_config(synthetic_dataset, tmp_path / "run", epochs=2), verbose=0)
+    report = resume(tmp_path / "run", epochs=3, verbose=0)
+    assert report["epochs_trained"] == 3
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 3
+
+
+def test_existing_run_is_never_clobbered(synthetic_dataset, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.keras").write_text("precious")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_config(synthetic_dataset, tmp_path / "run"), verbose=0)
+    assert (tmp_path / "run" / "model.keras").read_text() == "precious"
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        resume(tmp_path / "run", verbose=0)
+
+
+def test_bad_config_rejected():
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(data="x", augment="wild").validate()
+    with pytest.raises(ValueError, match="class-weights"):
+        TrainConfig(data="x", class_weights="inverse").validate()
+
+
+def test_class_weights_hand_computed():
+    labels = np.array([0, 0, 0, 1])  # 2 classes present of 3
+    np.testing.assert_allclose(class_weight_vector(labels, 3, "balanced"), [4 / 6, 4 / 2, 0])
+    np.testing.assert_allclose(class_weight_vector(labels, 3, "sqrt"), [math.sqrt(4 / 6), math.sqrt(2), 0])
+    np.testing.assert_allclose(class_weight_vector(labels, 3, "none"), [1, 1, 1])
+
+
+def test_learning_rate_schedules():
+    cfg = TrainConfig(data="x", epochs=10, lr=1e-3, min_lr=1e-5, warmup_epochs=2)
+    state = TrainState(lr=1e-3)
+    rates = [learning_rate(cfg, e, state) for e in range(10)]
+    assert rates[0] == pytest.approx(5e-4) and rates[2] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:])) and rates[-1] > 1e-5
+    plateau = TrainConfig(data="x", lr_schedule="plateau")
+    assert learning_rate(plateau, 5, TrainState(lr=2.5e-4)) == 2.5e-4
