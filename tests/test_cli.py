@@ -1,0 +1,91 @@
+"""The feredge command end to end, in subprocesses as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def feredge(*args, cwd=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_the_subcommands():
+    result = feredge("--help")
+    assert result.returncode == 0
+    assert "train" in result.stdout and "eval" in result.stdout
+
+
+def test_unknown_subcommand_is_usage_error():
+    result = feredge("fly")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = feredge("train", "--data", synthetic_dataset, "--arch", "seed001", "--out", out, "--epochs", 3,
+                     "--augment", "none", "--lr", "0.003", "--batch-size", 16)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "validation accuracy" in result.stdout
+    return out
+
+
+def test_eval_on_a_labelled_folder(trained_run, synthetic_dataset, tmp_path):
+    result = feredge("eval", "--model", trained_run, "--data", synthetic_dataset, "--out", tmp_path / "ev")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "macro" in result.stdout.lower() and "surprise" in result.stdout
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 56  # the test split: 8 per class
+    assert (tmp_path / "ev" / "confusion.png").stat().st_size > 1000
+
+
+def test_eval_json_output(trained_run, synthetic_dataset):
+    result = feredge("eval", "--model", trained_run / "model.keras", "--data", synthetic_dataset / "test", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert 0.0 <= report["accuracy"] <= 1.0 and len(report["per_class"]) == 7
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("feredge")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_missing_model(tmp_path, synthetic_dataset):
+    _one_line_error(feredge("eval", "--model", tmp_path / "nope", "--data", synthetic_dataset),
+                    "nope", "no such model")
+
+
+def test_truncated_model_file(trained_run, tmp_path, synthetic_dataset):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = (trained_run / "model.keras").read_bytes()
+    (broken / "model.keras").write_bytes(data[: len(data) // 2])
+    for name in ("labels.json", "preprocess.json"):
+        (broken / name).write_bytes((trained_run / name).read_bytes())
+    _one_line_error(feredge("eval", "--model", broken, "--data", synthetic_dataset), "model.keras", "cannot load")
+
+
+def test_unknown_architecture_and_missing_data(tmp_path, synthetic_dataset):
+    _one_line_error(feredge("train", "--data", synthetic_dataset, "--arch", "vgg99", "--out", tmp_path / "r"),
+                    "vgg99")
+    _one_line_error(feredge("train", "--data", tmp_path / "nodata", "--out", tmp_path / "r2"), "nodata")
+
+
+def test_corrupt_image_in_eval_data(trained_run, tmp_path):
+    data = tmp_path / "faces"
+    (data / "happy").mkdir(parents=True)
+    (data / "happy" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    _one_line_error(feredge("eval", "--model", trained_run, "--data", data), "broken.jpg")
