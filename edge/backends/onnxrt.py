@@ -1,0 +1,74 @@
+"""ONNX Runtime, with execution providers chosen by flag or automatically (TensorRT, CUDA, CPU)."""
+from __future__ import annotations
+
+import numpy as np
+
+from edge.backends.base import Backend, BackendError
+from edge.backends.tflite import _first_line
+
+# Best first: what a Jetson's onnxruntime-gpu offers, then the CPU everybody has.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(requested, available) -> list[str]:
+    if requested in (None, "auto"):
+        chosen = [p for p in PREFERRED_PROVIDERS if p in available]
+        return chosen or list(available)
+    requested = [requested] if isinstance(requested, str) else list(requested)
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise BackendError(f"execution provider(s) {', '.join(missing)} not available here "
+                           f"(available: {', '.join(available)})")
+    return requested
+
+
+class OnnxBackend(Backend):
+    format = "onnx"
+
+    def __init__(self, path, threads: int | None = None, providers="auto"):
+        import onnxruntime as ort
+
+        self.runtime = f"onnxruntime {ort.__version__}"
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        chosen = choose_providers(providers, ort.get_available_providers())
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise BackendError(f"{path}: cannot load ONNX model ({_first_line(exc)})") from None
+        self.providers = self._session.get_providers()
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise BackendError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        shape = inputs[0].shape
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            raise BackendError(f"{path}: expected a 4-D NHWC input with fixed H, W, C; found {shape}")
+        self._input = inputs[0].name
+        self._fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        super().__init__(path, shape[1:], outputs[0].shape[-1])
+        # A QDQ-quantized graph still takes and returns float; its weights tell the precision.
+        self.precision = "int8" if _has_quantized_ops(path) else "fp32"
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        if self._fixed_batch == 1 and len(batch) > 1:
+            return np.concatenate([self._predict(batch[i:i + 1]) for i in range(len(batch))])
+        return np.asarray(self._session.run(None, {self._input: batch})[0], dtype=np.float32)
+
+
+def _has_quantized_ops(path) -> bool:
+    try:
+        import onnx
+    except ImportError:
+        return False
+    model = onnx.load(str(path), load_external_data=False)
+    return any(node.op_type in ("QuantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger")
+               for node in model.graph.node)
+
+
+def open(path, threads: int | None = None, providers="auto", **options) -> OnnxBackend:
+    if options:
+        raise BackendError(f"{path}: ONNX Runtime takes no options {sorted(options)}")
+    return OnnxBackend(path, threads, providers)
