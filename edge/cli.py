@@ -15,6 +15,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("models.cli_train", "train a network on labelled faces into a run directory"),
     "eval": ("models.cli_eval", "evaluate a trained model (default: the shipped model on the shipped sample)"),
+    "compare": ("models.compare", "compare trained runs on one test split (accuracy, size, MACs, speed)"),
 }
 
 # Bad input and bad usage exit with 2 and one line; anything else is a bug and exits with 1.

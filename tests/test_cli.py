@@ -89,3 +89,20 @@ def test_corrupt_image_in_eval_data(trained_run, tmp_path):
     (data / "happy").mkdir(parents=True)
     (data / "happy" / "broken.jpg").write_bytes(b"not a jpeg at all")
     _one_line_error(feredge("eval", "--model", trained_run, "--data", data), "broken.jpg")
+
+
+def test_compare_writes_table_and_records(trained_run, synthetic_dataset, tmp_path):
+    result = feredge("compare", trained_run, "--data", synthetic_dataset, "--out", tmp_path / "cmp")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "cmp.json").read_text())
+    assert rows[0]["arch"] == "seed001" and rows[0]["parameters"] == 106_503 and rows[0]["samples"] == 56
+    assert rows[0]["epochs_trained"] == 3 and rows[0]["keras_ms_per_face"] > 0
+    assert "| seed001 |" in (tmp_path / "cmp.md").read_text()
+
+
+def test_eval_without_arguments_uses_the_shipped_model_and_sample():
+    result = feredge("eval", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["num_samples"] == 350 and "pretrained" in report["model"]
+    assert report["accuracy"] > 0.4  # a trained model on real faces; chance is 1/7

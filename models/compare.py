@@ -1,0 +1,109 @@
+"""`feredge compare`: trained runs side by side on one test split.
+
+Accuracy, macro-F1 and per-class recall on the same data; parameters and MACs from the network;
+seconds per epoch and total training time from the run's own history; Keras inference
+milliseconds per face at batch 1 on this machine.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.fileio import write_text_atomic
+
+
+def keras_ms_per_face(model, input_shape, runs: int = 200, warmup: int = 20) -> float:
+    """Median wall time of one batch-1 forward pass (a traced call, as a serving loop would make)."""
+    from models.tf_env import tf
+
+    x = tf.constant(np.random.default_rng(0).random((1, *input_shape), dtype=np.float32))
+    call = tf.function(lambda t: model(t, training=False))
+    for _ in range(warmup):
+        call(x).numpy()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        call(x).numpy()
+        times.append(time.perf_counter_ns() - start)
+    return statistics.median(times) / 1e6
+
+
+def describe_run(run: str | Path, data, split: str | None) -> dict:
+    from models.architectures import count_macs
+    from models.datasets import load_dataset
+    from models.evaluate import evaluate_model
+    from models.run_dir import locate_model
+    from models.tf_env import keras
+
+    run = Path(run)
+    files = locate_model(run)
+    model = keras.models.load_model(files.model, compile=False)
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else {}
+    dataset = load_dataset(data, split=split, color=files.spec.channels == 3, progress=False)
+    report = evaluate_model(model, dataset, files.spec, files.labels)
+    seconds = history.get("seconds", [])
+    val = history.get("val_accuracy", [])
+    return {
+        "run": str(run),
+        "arch": config.get("arch", model.name),
+        "parameters": int(model.count_params()),
+        "macs": count_macs(model),
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "recall": {label: v["recall"] for label, v in report["per_class"].items()},
+        "epochs_trained": len(seconds),
+        "best_epoch": int(np.argmax(val)) + 1 if val else None,
+        "seconds_per_epoch": statistics.median(seconds) if seconds else None,
+        "training_hours": sum(seconds) / 3600 if seconds else None,
+        "keras_ms_per_face": keras_ms_per_face(model, files.spec.input_shape),
+        "data": f"{data}" + (f" [{split}]" if split else ""),
+        "samples": report["num_samples"],
+    }
+
+
+def format_markdown(rows: list[dict]) -> str:
+    head = ("| network | accuracy | macro-F1 | parameters | MACs | s/epoch | epochs (best) | "
+            "train h | Keras ms/face |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['arch']} | {100 * r['accuracy']:.2f} % | {r['macro_f1']:.4f} | {r['parameters']:,} | "
+            f"{r['macs'] / 1e6:.1f} M | {_num(r['seconds_per_epoch'], '.0f')} | "
+            f"{r['epochs_trained']} ({r['best_epoch']}) | {_num(r['training_hours'], '.2f')} | "
+            f"{r['keras_ms_per_face']:.2f} |")
+    labels = list(rows[0]["recall"]) if rows else []
+    lines += ["", "| network | " + " | ".join(f"{label} recall" for label in labels) + " |",
+              "|---|" + "---:|" * len(labels)]
+    for r in rows:
+        lines.append(f"| {r['arch']} | " + " | ".join(f"{100 * r['recall'][label]:.1f} %" for label in labels) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("runs", nargs="+", help="run directories written by feredge train")
+    p.add_argument("--data", required=True, help="labelled test data (a folder with test/, class folders or the CSV)")
+    p.add_argument("--split", help="split of --data (default: test when the data has one)")
+    p.add_argument("--out", help="write the table here (.md) and the records beside it (.json)")
+
+
+def run(args) -> int:
+    split = args.split
+    if split is None and (Path(args.data).suffix.lower() == ".csv" or (Path(args.data) / "test").is_dir()):
+        split = "test"
+    rows = [describe_run(r, args.data, split) for r in args.runs]
+    table = format_markdown(rows)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        write_text_atomic(out.with_suffix(".md"), table)
+        write_text_atomic(out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
+    return 0
