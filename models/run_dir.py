@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 
 from edge.fileio import write_text_atomic
+from edge.paths import PRETRAINED_DIR, SAMPLE_DIR  # noqa: F401  (re-exported for the model commands)
 from edge.preprocess import PreprocessSpec
 
 MODEL_FILE = "model.keras"
 SPEC_FILE = "preprocess.json"
 LABELS_FILE = "labels.json"
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 

@@ -1,0 +1,8 @@
+"""Where the shipped model, its bundle and the sample faces live, wherever the kit is installed."""
+from pathlib import Path
+
+# edge/ and models/ are installed side by side (editable or not), so this holds in both cases.
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+PRETRAINED_DIR = MODELS_DIR / "pretrained"
+DEFAULT_BUNDLE = PRETRAINED_DIR / "bundle"
+SAMPLE_DIR = MODELS_DIR / "sample"
