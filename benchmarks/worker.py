@@ -1,0 +1,86 @@
+"""One artifact, measured in a fresh process: load, first inference, latency, memory, predictions.
+
+A process per (artifact, threads) keeps runtimes from sharing thread pools, caches or memory,
+so each row's peak memory is that runtime's own. Usage (by the harness):
+    python -m benchmarks.worker '{"path": ..., "threads": 1, ...}'  -> one JSON line on stdout
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS now, VmHWM its peak).
+
+    Not getrusage's ru_maxrss: Linux carries that across fork+exec, so a worker started by a
+    parent holding TensorFlow would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    if field == "VmHWM":  # not Linux: the best the OS offers
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    return float("nan")
+
+
+def measure(job: dict) -> dict:
+    from benchmarks.timing import summarize, time_calls
+    from edge.backends import format_of, open_artifact
+
+    path = job["path"]
+    options = job.get("options", {})
+    # Import the runtime before the baseline, so memory counts the model, not the library.
+    import importlib
+    importlib.import_module({"tflite": "edge.backends.tflite", "onnx": "edge.backends.onnxrt",
+                             "openvino": "edge.backends.openvino"}[format_of(path)])
+    baseline = _status_mb("VmRSS")
+    t0 = time.perf_counter()
+    backend = open_artifact(path, threads=job.get("threads"), **options)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    batch = int(job.get("batch", 1))
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, *backend.input_shape), dtype=np.float32)  # made once, outside the loop
+    t0 = time.perf_counter()
+    backend.predict(x)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    times = time_calls(lambda: backend.predict(x), warmup_s=job.get("warmup_s", 0.5),
+                       min_s=job.get("min_s", 1.0), min_runs=job.get("min_runs", 50))
+    result = {
+        "runtime": backend.runtime,
+        "precision_ran": backend.precision,
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        "latency": summarize(times, batch),
+        "peak_rss_mb": _status_mb("VmHWM"),
+        "model_rss_mb": _status_mb("VmRSS") - baseline,
+    }
+    if job.get("data"):
+        data = np.load(job["data"], mmap_mode="r")
+        chunk = int(job.get("predict_batch", 64))
+        probs = [backend.predict(np.ascontiguousarray(data[i:i + chunk])) for i in range(0, len(data), chunk)]
+        np.save(job["probs_out"], np.concatenate(probs) if probs else np.zeros((0, backend.num_classes), np.float32))
+    return result
+
+
+def main() -> int:
+    job = json.loads(sys.argv[1])
+    try:
+        result = measure(job)
+    except Exception as exc:  # reported as the row's status; the harness goes on with the others
+        text = str(exc).strip().splitlines()
+        result = {"error": f"{type(exc).__name__}: {text[0] if text else ''}"[:400]}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
