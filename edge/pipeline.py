@@ -1,0 +1,215 @@
+"""The runtime pipeline: capture -> detect -> crop with margin -> shared preprocessing -> one batched
+inference for all faces of the frame -> per-face smoothing -> results with per-stage timings.
+
+`Pipeline.process(frame)` turns one Frame into a FrameResult; `Pipeline.run(source, sinks)` loops
+over a source, times the capture and the drawing too, and hands every result to the sinks (JSON
+lines, window, MJPEG server, recorder). The demo (`feredge run`) and the benchmarks use this same
+object, so the FPS a benchmark reports is the FPS the demo gets. Stage times are wall-clock
+milliseconds from time.perf_counter:
+
+    capture     source.read() (decode, camera wait)
+    detect      grayscale view of the frame (free for picamera2's Y plane) + face detection
+    preprocess  crops with margin + edge.preprocess (resize, equalise, normalise) into one batch
+    infer       one backend.predict call for all faces of the frame (0 when there is no face)
+    smooth      track matching and per-face smoothing
+    draw        the overlay (only when a sink shows or records the image)
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from edge.detect import Detector, WholeFrameDetector
+from edge.preprocess import PreprocessSpec, crop_face, preprocess, to_gray
+from edge.smoothing import FaceTracker, NoSmoother
+from edge.sources import Frame, FrameSource
+
+log = logging.getLogger("feredge.run")
+
+STAGES = ("capture", "detect", "preprocess", "infer", "smooth", "draw")
+
+
+@dataclasses.dataclass
+class FaceResult:
+    box: tuple[int, int, int, int]  # x, y, w, h in the frame image's pixels
+    label: str
+    probabilities: np.ndarray  # (classes,) in the bundle's label order
+    smoothed_label: str
+    smoothed_probabilities: np.ndarray
+    track: int
+    score: float | None = None  # the detector's own score (Haar: neighbours; YuNet: confidence)
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities.max())
+
+    def to_dict(self) -> dict:
+        out = {"box": [int(v) for v in self.box], "track": self.track, "label": self.label,
+               "confidence": round(self.confidence, 4),
+               "probabilities": [round(float(p), 4) for p in self.probabilities],
+               "smoothed_label": self.smoothed_label}
+        if self.score is not None:
+            out["score"] = round(float(self.score), 4)
+        return out
+
+
+@dataclasses.dataclass
+class FrameResult:
+    index: int
+    timestamp: float
+    faces: list[FaceResult]
+    stage_ms: dict[str, float]
+    name: str | None = None  # the image file the frame came from, for image sources
+    image: np.ndarray | None = None  # the annotated frame, when a sink needed one
+
+    @property
+    def total_ms(self) -> float:
+        return float(sum(self.stage_ms.values()))
+
+    def to_dict(self) -> dict:
+        out = {"frame": self.index, "timestamp": round(float(self.timestamp), 6)}
+        if self.name is not None:
+            out["source"] = self.name
+        out["faces"] = [f.to_dict() for f in self.faces]
+        out["stage_ms"] = {k: round(v, 3) for k, v in self.stage_ms.items()}
+        return out
+
+
+@dataclasses.dataclass
+class RunSummary:
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0  # wall time of the loop
+    first_result_s: float | None = None  # from the start of run() to the first result
+    stage_ms_total: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    ended: str = ""  # "end of stream", "max frames", "stopped by a sink"
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def stage_ms_mean(self) -> dict[str, float]:
+        return {k: (v / self.frames if self.frames else 0.0) for k, v in self.stage_ms_total.items()}
+
+    def to_dict(self) -> dict:
+        return {"frames": self.frames, "faces": self.faces, "seconds": round(self.seconds, 4),
+                "fps": round(self.fps, 3), "first_result_s": self.first_result_s,
+                "stage_ms_mean": {k: round(v, 3) for k, v in self.stage_ms_mean.items()}, "ended": self.ended}
+
+
+class Pipeline:
+    """One model, one detector, one smoother: Frame -> FrameResult.
+
+    backend: an edge.backends Backend (predict(float32 NHWC) -> probabilities); spec and labels from
+    the bundle; detector: edge.detect (default: whole frame); smoother: EmaSmoother / MajoritySmoother
+    / NoSmoother or a ready FaceTracker; margin: crop margin as a fraction of the box (default: the
+    spec's margin, which is what the model was trained with).
+    """
+
+    def __init__(self, backend, spec: PreprocessSpec, labels: Sequence[str], detector: Detector | None = None,
+                 smoother=None, margin: float | None = None):
+        self.backend, self.spec, self.labels = backend, spec, tuple(labels)
+        self.detector = detector or WholeFrameDetector()
+        self.tracker = smoother if isinstance(smoother, FaceTracker) else FaceTracker(smoother or NoSmoother())
+        self.margin = spec.margin if margin is None else float(margin)
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, not {self.margin}")
+        classes = getattr(backend, "num_classes", len(self.labels))
+        if classes != len(self.labels):
+            raise ValueError(f"the model predicts {classes} classes but the bundle names {len(self.labels)} labels")
+
+    def reset(self) -> None:
+        """Forget tracks and carried boxes (a new video, say)."""
+        self.tracker.reset()
+        self.detector.reset()
+
+    def process(self, frame: Frame, capture_ms: float = 0.0) -> FrameResult:
+        clock = time.perf_counter
+        t0 = clock()
+        gray = frame.gray if frame.gray is not None else to_gray(frame.image)
+        detections = self.detector.detect(gray)
+        t1 = clock()
+        # boxes come in the gray image's pixels; picamera2's lores Y plane is smaller than `image`
+        sx = frame.image.shape[1] / gray.shape[1]
+        sy = frame.image.shape[0] / gray.shape[0]
+        if self.spec.channels == 1:
+            source, boxes_src = gray, [d.box for d in detections]
+        else:
+            source = frame.image if frame.image.ndim == 3 else gray
+            boxes_src = [_scale_box(d.box, sx, sy) for d in detections]
+        crops = [crop_face(source, box, self.margin) for box in boxes_src]
+        batch = preprocess(crops, self.spec)
+        t2 = clock()
+        probs = self.backend.predict(batch) if len(batch) else np.zeros((0, len(self.labels)), np.float32)
+        t3 = clock()
+        boxes = [_scale_box(d.box, sx, sy) for d in detections]
+        ids, smoothed = self.tracker.update(boxes, probs)
+        faces = [FaceResult(box, self.labels[int(np.argmax(p))], p, self.labels[int(np.argmax(s))], s, track, d.score)
+                 for box, p, s, track, d in zip(boxes, probs, smoothed, ids, detections)]
+        t4 = clock()
+        stage_ms = {"capture": capture_ms, "detect": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1),
+                    "infer": 1000 * (t3 - t2), "smooth": 1000 * (t4 - t3), "draw": 0.0}
+        return FrameResult(frame.index, frame.timestamp, faces, stage_ms, frame.name)
+
+    def run(self, source: FrameSource, sinks: Sequence = (), *, max_frames: int | None = None,
+            on_result=None) -> RunSummary:
+        """Read, process, draw (when a sink needs the picture) and hand to every sink until the source
+        ends, `max_frames` results were made, or a sink asks to stop (write() returning False).
+
+        Sinks have write(result) and `needs_image`; the caller opens and closes them and the source.
+        """
+        from edge.render import annotate
+
+        need_image = any(getattr(s, "needs_image", False) for s in sinks)
+        summary = RunSummary()
+        started = last = time.perf_counter()
+        fps = None
+        try:
+            while max_frames is None or summary.frames < max_frames:
+                t0 = time.perf_counter()
+                frame = source.read()
+                t1 = time.perf_counter()
+                if frame is None:
+                    summary.ended = "end of stream"
+                    break
+                result = self.process(frame, 1000 * (t1 - t0))
+                if need_image:
+                    t2 = time.perf_counter()
+                    result.image = annotate(frame.image, result, self.labels, fps)
+                    result.stage_ms["draw"] = 1000 * (time.perf_counter() - t2)
+                if summary.first_result_s is None:
+                    summary.first_result_s = time.perf_counter() - started
+                summary.frames += 1
+                summary.faces += len(result.faces)
+                for key, value in result.stage_ms.items():
+                    summary.stage_ms_total[key] = summary.stage_ms_total.get(key, 0.0) + value
+                keep_going = True
+                for sink in sinks:
+                    if sink.write(result) is False:
+                        keep_going = False
+                if on_result is not None and on_result(result) is False:
+                    keep_going = False
+                now = time.perf_counter()
+                instant = 1.0 / max(now - last, 1e-6)
+                fps = instant if fps is None else 0.9 * fps + 0.1 * instant
+                last = now
+                if not keep_going:
+                    summary.ended = "stopped by a sink"
+                    break
+            else:
+                summary.ended = "max frames"
+        finally:
+            summary.seconds = time.perf_counter() - started
+        return summary
+
+
+def _scale_box(box, sx: float, sy: float) -> tuple[int, int, int, int]:
+    if sx == 1.0 and sy == 1.0:
+        return tuple(int(v) for v in box)
+    x, y, w, h = box
+    return int(round(x * sx)), int(round(y * sy)), int(round(w * sx)), int(round(h * sy))
