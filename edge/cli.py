@@ -18,6 +18,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("models.compare", "compare trained runs on one test split (accuracy, size, MACs, speed)"),
     "export": ("export.cli", "convert a trained Keras model into a verified bundle (TFLite, ONNX, OpenVINO; fp32 to int8)"),
     "bench": ("benchmarks.cli", "measure every artifact of a bundle on this device: latency, memory, accuracy drop"),
+    "run": ("edge.run_cli", "faces from a camera, video, image or folder through a bundle: window, JSON lines, "
+                            "MJPEG page, recording"),
+    "info": ("edge.info_cli", "this device: CPU, OS, inference runtimes, OpenCV build (GUI, GStreamer, V4L2), cameras"),
 }
 
 # Bad input and bad usage exit with 2 and one line; anything else is a bug and exits with 1.

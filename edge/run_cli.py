@@ -1,0 +1,246 @@
+"""`feredge run`: the camera (or a video, image, folder) through a bundle to a window, JSON, a browser, a file.
+
+With no arguments beyond `--headless` it runs the shipped bundle over the shipped sample faces.
+Exit codes: 0 done (a video's or folder's end, --max-frames reached, q in the window); 2 bad input
+(missing bundle, unreadable source, unknown backend, no display, camera lost after the retries),
+with one line on stderr; 130 after Ctrl-C and 143 after SIGTERM, once the source is closed and a
+recording is finalised; 1 a bug. Never imports TensorFlow.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+from edge.paths import DEFAULT_BUNDLE, SAMPLE_DIR
+
+log = logging.getLogger("feredge.run")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", default=None, help=f"bundle directory from feredge export (default: the shipped "
+                                                   f"bundle, {DEFAULT_BUNDLE})")
+    p.add_argument("--source", default=None,
+                   help="picamera | picamera:N | camera index (0) | /dev/videoN | gst:PIPELINE | video file | image "
+                        "| folder of images (default: the shipped sample faces)")
+    p.add_argument("--backend", default="auto", help="auto | tflite | onnx | openvino (auto: the bundle's "
+                                                       "benchmark recommendation for this device, else tflite, "
+                                                       "openvino, onnx)")
+    p.add_argument("--precision", default=None, help="fp32 | fp16 | dynamic | int8 (default: fp32, or the "
+                                                      "recommendation)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime's)")
+    p.add_argument("--device", default="CPU", help="OpenVINO device (CPU, GPU, NPU, AUTO)")
+    p.add_argument("--providers", default="auto",
+                   help="ONNX Runtime execution providers, comma-separated (default auto: TensorRT, CUDA, CPU)")
+    p.add_argument("--detector", default="auto",
+                   help="haar | yunet:MODEL.onnx | none (the whole image is the face) | auto (default: haar, "
+                        "images up to 128 px are whole faces)")
+    p.add_argument("--detect-every", type=int, default=1, metavar="N",
+                   help="detect faces every N frames and carry the boxes in between (default 1)")
+    p.add_argument("--detect-scale", default="auto",
+                   help="detect on the frame scaled by this factor (0-1], or auto: about 320 px wide")
+    p.add_argument("--min-face", type=int, default=60, help="smallest face to detect, in frame pixels (default 60)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="crop margin around a face box, fraction of its size (default: the bundle's spec)")
+    p.add_argument("--smooth", default=None,
+                   help="ema:ALPHA | window:N | none (default: ema:0.5 for cameras and videos, none for images, "
+                        "where consecutive frames are different faces)")
+    p.add_argument("--headless", action="store_true", help="no window: JSON lines to stdout (or --output)")
+    p.add_argument("--output", default=None, metavar="FILE", help="JSON lines to FILE (- for stdout)")
+    p.add_argument("--serve", default=None, metavar="HOST:PORT",
+                   help="MJPEG page for browsers (PORT alone binds loopback; 0.0.0.0:PORT for the network)")
+    p.add_argument("--record", default=None, metavar="FILE.mp4", help="record the annotated frames")
+    p.add_argument("--loop", action="store_true", help="restart a video, image or folder at its end")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--width", type=int, default=None, help="camera frame width")
+    p.add_argument("--height", type=int, default=None, help="camera frame height")
+    p.add_argument("--fps", type=float, default=None, help="camera frame rate")
+    p.add_argument("--retries", type=int, default=5, help="reconnection attempts for a camera that stops (default 5)")
+    p.add_argument("--backoff", type=float, default=0.5,
+                   help="first reconnection delay in seconds, doubled per attempt (default 0.5)")
+    p.add_argument("--stats", action="store_true",
+                   help="print time to first result, FPS, mean stage times and peak memory to stderr at the end")
+
+
+class _Terminated(Exception):
+    """SIGTERM (systemd stop, docker stop): end like Ctrl-C, cleanly."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere)."""
+    try:
+        import os
+
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of /proc/PID/stat: starttime, after pid and (comm)
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _parse_scale(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--detect-scale takes a number in (0, 1] or auto, not {text!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"--detect-scale must be in (0, 1], not {value}")
+    return value
+
+
+def _check_args(args) -> None:
+    for name in ("threads", "max_frames", "width", "height"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    if args.detect_every < 1:
+        raise ValueError(f"--detect-every must be at least 1, not {args.detect_every}")
+    if args.margin is not None and args.margin < 0:
+        raise ValueError(f"--margin must be >= 0, not {args.margin}")
+    if args.retries < 0 or args.backoff < 0:
+        raise ValueError("--retries and --backoff must be >= 0")
+
+
+def run(args) -> int:
+    from edge.backends import BackendError
+    from edge.bundle import Bundle, BundleError
+    from edge.choose import choose
+    from edge.detect import parse_detector
+    from edge.pipeline import Pipeline
+    from edge.smoothing import parse_smoother
+    from edge.sources import SourceLost
+
+    _check_args(args)
+    if not args.headless and not args.serve:
+        from edge.outputs import display_problem
+
+        problem = display_problem()
+        if problem:
+            raise ValueError(problem)
+    bundle_dir = Path(args.bundle) if args.bundle else DEFAULT_BUNDLE
+    if args.bundle is None and not (bundle_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"{bundle_dir}: the shipped bundle is missing; make it with "
+                                f"'feredge export --out {bundle_dir}' or pass --bundle DIR")
+    try:
+        bundle = Bundle.load(bundle_dir)
+    except BundleError as exc:
+        raise ValueError(str(exc)) from None
+
+    if args.smooth:
+        parse_smoother(args.smooth)  # a typo fails before the model loads
+    choice = choose(bundle, args.backend, args.precision, args.threads)
+    options = {}
+    if choice.artifact.format == "onnx":
+        options["providers"] = args.providers if args.providers == "auto" else args.providers.split(",")
+    elif choice.artifact.format == "openvino":
+        options["device"] = args.device
+    load_started = time.perf_counter()
+    try:
+        backend = bundle.open(choice.artifact, threads=choice.threads, **options)
+    except (BackendError, BundleError) as exc:
+        raise ValueError(str(exc)) from None
+    load_s = time.perf_counter() - load_started
+    log.info("backend: %s (%s, ran as %s) via %s, threads %s; chosen by %s", choice.artifact.id,
+             bundle.path(choice.artifact).name, backend.precision, backend.runtime, choice.threads or "default",
+             choice.reason)
+
+    source_text = args.source if args.source is not None else str(SAMPLE_DIR)
+    is_default_source = args.source is None
+    detector_text = args.detector
+    if detector_text == "auto":
+        detector_text = "none" if is_default_source else "haar"
+    detector = parse_detector(detector_text, scale=_parse_scale(args.detect_scale), min_face=args.min_face,
+                              every=args.detect_every,
+                              precropped_max=128 if args.detector == "auto" and not is_default_source else None)
+    from edge.outputs import JsonLinesSink, MjpegServer, Recorder, WindowSink, parse_host_port
+    from edge.sources import ImageSource, open_source
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    code = 0
+    summary = None
+    first_age: list[float | None] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            source = stack.enter_context(open_source(
+                source_text, loop=args.loop, width=args.width, height=args.height, fps=args.fps,
+                retries=args.retries, backoff=args.backoff))
+            smooth = args.smooth or ("none" if isinstance(source, ImageSource) else "ema:0.5")
+            pipeline = Pipeline(backend, bundle.spec, bundle.labels, detector, parse_smoother(smooth), args.margin)
+            log.info("source: %s; detector: %s; smoothing: %s; margin %.2f", source.name, detector.name,
+                     smooth, pipeline.margin)
+            sinks = []
+            json_target = args.output if args.output else ("-" if args.headless else None)
+            if json_target:
+                sinks.append(stack.enter_context(JsonLinesSink(json_target)))
+            if args.serve:
+                host, port = parse_host_port(args.serve)
+                server = stack.enter_context(MjpegServer(host, port))
+                log.info("serving the live view at %s", server.url)
+                sinks.append(server)
+            if args.record:
+                sinks.append(stack.enter_context(Recorder(args.record, fps=source.fps or args.fps or 15.0)))
+            if not args.headless and not args.serve:
+                sinks.append(stack.enter_context(WindowSink()))
+            def note_first(result):
+                if not first_age:
+                    first_age.append(process_age_s())
+
+            summary = pipeline.run(source, sinks, max_frames=args.max_frames, on_result=note_first)
+        except SourceLost as exc:
+            raise ValueError(str(exc)) from None
+        except KeyboardInterrupt:
+            code = 130
+            log.warning("interrupted: source closed%s", ", recording kept" if args.record else "")
+        except _Terminated:
+            code = 143
+            log.warning("terminated: source closed%s", ", recording kept" if args.record else "")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    if summary is not None:
+        log.info("%d frames, %d faces in %.1f s (%.1f FPS); %s", summary.frames, summary.faces, summary.seconds,
+                 summary.fps, summary.ended)
+    if args.stats:
+        _print_stats(summary, load_s, backend, choice, first_age[0] if summary and first_age else None)
+    return code
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _print_stats(summary, load_s: float, backend, choice, first_age: float | None) -> None:
+    lines = [f"stats: backend {choice.artifact.id} ({backend.precision}, {backend.runtime}), "
+             f"threads {choice.threads or 'default'}, model load {1000 * load_s:.0f} ms"]
+    if summary is not None and summary.first_result_s is not None:
+        first = summary.first_result_s
+        if first_age is not None:
+            lines.append(f"stats: time to first result {first_age:.2f} s from process start "
+                         f"({first * 1000:.0f} ms from the first read)")
+        else:
+            lines.append(f"stats: first result {first * 1000:.0f} ms after the first read")
+    if summary is not None and summary.frames:
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in summary.stage_ms_mean.items())
+        lines.append(f"stats: {summary.frames} frames in {summary.seconds:.2f} s = {summary.fps:.1f} FPS; "
+                     f"mean ms per frame: {stages}")
+    lines.append(f"stats: peak memory (max RSS) {peak_rss_mb():.0f} MB")
+    for line in lines:
+        print(line, file=sys.stderr)
