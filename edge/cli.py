@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from edge.backends.base import BackendError  # numpy only: cheap at start-up
+
 # name -> (module with add_arguments(parser) and run(args), one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("models.cli_train", "train a network on labelled faces into a run directory"),
@@ -25,7 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 # Bad input and bad usage exit with 2 and one line; anything else is a bug and exits with 1.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError)
+               PermissionError, BackendError)
 
 
 def _top_parser() -> argparse.ArgumentParser:

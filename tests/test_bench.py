@@ -1,0 +1,140 @@
+"""benchmarks: the harness on a small real bundle — records, gate, recommendation, compare."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from benchmarks.harness import BenchOptions, run_bench
+from benchmarks.merge import merge_results
+from benchmarks.recommend import RECOMMENDATION_FILE, apply_gate, recommend
+from benchmarks.report import format_table, to_csv, write_reports
+from edge.bundle import Bundle, sha256_file
+from tests.runtime_support import SAMPLE_DIR, build_test_bundle, feredge
+
+QUICK = dict(warmup_s=0.02, min_s=0.05, min_runs=5)
+
+
+@pytest.fixture(scope="module")
+def bundle(request, tmp_path_factory):
+    built = build_test_bundle(request.config.cache.mkdir("feredge-test-bundle"))
+    copy = tmp_path_factory.mktemp("bench") / "bundle"
+    shutil.copytree(built, copy)  # the harness writes recommendation.json into the bundle
+    return copy
+
+
+@pytest.fixture(scope="module")
+def result(bundle):
+    opts = BenchOptions(threads=(1, 2), select=("tflite", "onnx-fp32"), **QUICK)
+    return run_bench(bundle, opts, progress=False)
+
+
+def test_records_are_complete_and_consistent(result, bundle):
+    b = Bundle.load(bundle)
+    records = result["records"]
+    ids = {a.id for a in b.artifacts if a.format == "tflite"} | {"onnx-fp32"}
+    assert {(r["artifact"], r["threads"]) for r in records} == {(i, t) for i in ids for t in (1, 2)}
+    assert result["reference"] == "keras" and result["samples"] == 350
+    for r in records:
+        assert r["status"] == "ok", r["status"]
+        assert r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["fps"] == pytest.approx(1000 / r["mean_ms"])
+        assert r["runs"] >= 5 and r["load_ms"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 0
+        assert r["size_bytes"] == b.find(id=r["artifact"]).bytes
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["agreement"] <= 1.0 and 0.0 <= r["macro_f1"] <= 1.0
+        assert r["accuracy_drop"] == pytest.approx(r["reference_accuracy"] - r["accuracy"])
+        assert r["precision_ran"] and r["runtime"] and r["device"]["cpu"]
+    fp32 = next(r for r in records if r["artifact"] == "tflite-fp32")
+    assert fp32["agreement"] >= 0.99 and fp32["precision_ran"] == "fp32"
+
+
+def test_accuracy_matches_the_export_verification(result, bundle):
+    """The harness and the exporter measure the same thing on the same sample."""
+    b = Bundle.load(bundle)
+    for r in result["records"]:
+        verification = b.find(id=r["artifact"]).verification
+        if verification and verification.get("samples") == result["samples"]:
+            assert r["accuracy"] == pytest.approx(verification["accuracy"], abs=1e-9)
+
+
+def test_gate_flags_a_degraded_artifact(bundle, tmp_path):
+    """Swap the int8 model for one with shuffled weights: the gate must flag its accuracy drop."""
+    degraded = tmp_path / "degraded"
+    shutil.copytree(bundle, degraded)
+    manifest = json.loads((degraded / "manifest.json").read_text())
+    entry = next(a for a in manifest["artifacts"] if a["id"] == "tflite-int8")
+    fp32 = next(a for a in manifest["artifacts"] if a["id"] == "tflite-fp32")
+    shutil.copy(degraded / fp32["files"][0], degraded / entry["files"][0])  # a stand-in we then break:
+    _scramble_tflite_weights(degraded / entry["files"][0])
+    entry["sha256"] = {entry["files"][0]: sha256_file(degraded / entry["files"][0])}
+    (degraded / "manifest.json").write_text(json.dumps(manifest))
+    res = run_bench(degraded, BenchOptions(select=("tflite-fp32", "tflite-int8"), **QUICK), progress=False)
+    apply_gate(res["records"], max_drop=1.0)
+    bad = next(r for r in res["records"] if r["artifact"] == "tflite-int8")
+    good = next(r for r in res["records"] if r["artifact"] == "tflite-fp32")
+    assert bad["accuracy_drop"] > 0.05 and any("drops" in f for f in bad["flags"])
+    assert not any("drops" in f for f in good["flags"])
+    assert recommend(res["records"], max_drop=1.0)["artifact"] == "tflite-fp32"
+
+
+def _scramble_tflite_weights(path):
+    """Permute the bytes of the largest buffer (the first dense kernel): same shapes, wrong values."""
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(0)
+    start, size = len(data) // 4, len(data) // 3
+    block = np.frombuffer(bytes(data[start:start + size]), np.uint8).copy()
+    rng.shuffle(block)
+    data[start:start + size] = block.tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_gate_and_recommendation_rules():
+    device = {"machine": "x", "cpu": "c", "system": "s"}
+    rec = lambda a, prec, p50, drop, thr=1: {"artifact": a, "format": "tflite", "precision": prec, "threads": thr,  # noqa: E731
+                                             "batch": 1, "status": "ok", "p50_ms": p50, "fps": 1000 / p50,
+                                             "accuracy": 0.6 - drop, "accuracy_drop": drop, "device": device}
+    records = [rec("tflite-fp32", "fp32", 1.0, 0.0), rec("tflite-int8", "int8", 1.5, 0.002),
+               rec("tflite-dynamic", "dynamic", 0.5, 0.03)]
+    apply_gate(records, max_drop=1.0)
+    assert any("slower than tflite-fp32" in f for f in records[1]["flags"])
+    assert any("drops 3.00 points" in f for f in records[2]["flags"])
+    assert records[0]["flags"] == []
+    assert recommend(records, max_drop=1.0)["artifact"] == "tflite-fp32"
+    assert recommend(records, max_drop=5.0)["artifact"] == "tflite-dynamic"
+
+
+def test_reports_and_compare(result, tmp_path):
+    written = write_reports(result, tmp_path / "a")
+    for key in ("json", "csv", "md", "latency_plot"):
+        assert written[key].stat().st_size > 100, key
+    assert to_csv(result["records"]).count("\n") == len(result["records"]) + 1
+    other = json.loads(json.dumps(result))
+    other["device"] = {**other["device"], "hostname": "pi5", "board": "Raspberry Pi 5 Model B Rev 1.0"}
+    for r in other["records"]:
+        r["device"] = {**r["device"], "board": "Raspberry Pi 5 Model B Rev 1.0"}
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    merged = merge_results([result, other], ["a", "b"])
+    assert len(merged["records"]) == 2 * len(result["records"])
+    table = format_table(merged["records"])
+    assert "Raspberry Pi 5" in table and len(merged["devices"]) == 2
+    cli = feredge("bench", "compare", written["json"], tmp_path / "b.json", "--out", tmp_path / "cmp")
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert (tmp_path / "cmp" / "compare.md").is_file() and "Raspberry Pi 5" in cli.stdout
+
+
+def test_cli_bench_stores_the_recommendation(bundle, tmp_path):
+    cli = feredge("bench", "--bundle", bundle, "--artifacts", "tflite-fp32,onnx-fp32", "--warmup", "0.02",
+                  "--min-time", "0.05", "--min-runs", "5", "--data", SAMPLE_DIR, "--out", tmp_path / "out")
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "recommended on this device" in cli.stdout
+    stored = json.loads((bundle / RECOMMENDATION_FILE).read_text())
+    assert stored["artifact"] in ("tflite-fp32", "onnx-fp32") and stored["device"]["machine"]
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["recommendation"] == stored
+
+
+def test_cli_bench_bad_input(tmp_path):
+    cli = feredge("bench", "--bundle", tmp_path / "missing")
+    assert cli.returncode == 2 and cli.stderr.strip().startswith("feredge bench: error:")
+    assert "missing" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
