@@ -6,7 +6,8 @@ import io
 import json
 from pathlib import Path
 
-from edge.fileio import write_bytes_atomic, write_text_atomic
+from benchmarks.plots import _save_png
+from edge.fileio import write_text_atomic
 
 # (header, record key, format) for the latency/accuracy table.
 COLUMNS = [
@@ -95,12 +96,11 @@ def device_lines(device: dict) -> list[str]:
 
 
 def plot_latency_accuracy(records: list[dict], path: str | Path, title: str = "latency against accuracy") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.plots import _new_figure
 
     points = [r for r in records if r["status"] == "ok" and r.get("accuracy") is not None]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig = _new_figure((8, 5.5))
+    ax = fig.add_subplot()
     markers = {"tflite": "o", "onnx": "s", "openvino": "^"}
     for r in points:
         label = f"{r['artifact']} t{r['threads']}" + (f" [{r['device_label']}]" if r.get("device_label") else "")
@@ -111,17 +111,16 @@ def plot_latency_accuracy(records: list[dict], path: str | Path, title: str = "l
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    _save(fig, path)
+    _save_png(fig, path)
 
 
 def plot_stage_bars(e2e_rows: list[dict], path: str | Path, title: str = "end-to-end time per frame by stage") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.plots import _new_figure
 
     stages = list(dict.fromkeys(s for row in e2e_rows for s in row["stage_ms"]))
     labels = [row["label"] for row in e2e_rows]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) + 2), 5))
+    fig = _new_figure((max(6, 1.2 * len(labels) + 2), 5))
+    ax = fig.add_subplot()
     bottom = [0.0] * len(labels)
     for stage in stages:
         values = [row["stage_ms"].get(stage, 0.0) for row in e2e_rows]
@@ -131,19 +130,12 @@ def plot_stage_bars(e2e_rows: list[dict], path: str | Path, title: str = "end-to
         ax.annotate(f"{row['fps']:.1f} FPS", (i, bottom[i]), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("ms per frame (mean)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
-    _save(fig, path)
-
-
-def _save(fig, path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for tick in ax.get_xticklabels():
+        tick.set_rotation(30)
+        tick.set_ha("right")
+        tick.set_fontsize(8)
+    _save_png(fig, path)
 
 
 def write_reports(result: dict, out_dir: str | Path, stem: str = "bench") -> dict[str, Path]:
