@@ -1,0 +1,98 @@
+"""Every installed backend gives the same answers on the same faces; --backend auto chooses sensibly."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edge.backends import installed_formats
+from edge.bundle import Bundle
+from edge.choose import choose
+from edge.device import device_key
+from edge.preprocess import preprocess
+from runtime_support import build_test_bundle, sample_faces
+
+INSTALLED = [f for f in ("tflite", "onnx", "openvino") if f in installed_formats()]
+
+
+@pytest.fixture(scope="module")
+def bundle(request):
+    return Bundle.load(build_test_bundle(request.config.cache.mkdir("feredge-runtime")))
+
+
+def _open(bundle, fmt, precision, **kw):
+    if fmt == "openvino":
+        kw.setdefault("precision_hint", "f32")  # AMX CPUs run fp32 IR in bf16 unless told otherwise
+    return bundle.open(format=fmt, precision=precision, threads=1, **kw)
+
+
+def test_installed_backends_agree_on_the_same_faces(bundle):
+    assert len(INSTALLED) >= 2, f"need two runtimes to compare, have {INSTALLED}"
+    images, _, _ = sample_faces()
+    batch = preprocess(images, bundle.spec)
+    probs = {fmt: _open(bundle, fmt, "fp32").predict(batch) for fmt in INSTALLED}
+    reference = probs[INSTALLED[0]]
+    assert reference.shape == (len(images), len(bundle.labels))
+    np.testing.assert_allclose(reference.sum(axis=1), 1.0, atol=1e-4)
+    for fmt in INSTALLED[1:]:
+        agreement = float((probs[fmt].argmax(1) == reference.argmax(1)).mean())
+        assert agreement >= 0.99, (fmt, agreement)
+        assert float(np.abs(probs[fmt] - reference).max()) < 1e-3, fmt
+
+
+def test_int8_artifacts_stay_close_to_fp32(bundle):
+    images, _, _ = sample_faces(per_class=20)
+    batch = preprocess(images, bundle.spec)
+    for fmt in INSTALLED:
+        fp32 = _open(bundle, fmt, "fp32").predict(batch)
+        int8 = _open(bundle, fmt, "int8")
+        assert "int8" in int8.precision
+        agreement = float((int8.predict(batch).argmax(1) == fp32.argmax(1)).mean())
+        assert agreement >= 0.9, (fmt, agreement)
+
+
+def test_batched_and_single_predictions_match(bundle):
+    """The pipeline sends all faces of a frame in one batch; it must equal one face at a time."""
+    images, _, _ = sample_faces(per_class=1)
+    batch = preprocess(images, bundle.spec)
+    for fmt in INSTALLED:
+        backend = _open(bundle, fmt, "fp32")
+        together = backend.predict(batch)
+        alone = np.concatenate([backend.predict(batch[i:i + 1]) for i in range(len(batch))])
+        np.testing.assert_allclose(together, alone, atol=1e-5, err_msg=fmt)
+
+
+def test_auto_without_recommendation_prefers_tflite_fp32(bundle):
+    choice = choose(bundle, "auto")
+    assert choice.artifact.id == f"{INSTALLED[0]}-fp32"
+    assert "default order" in choice.reason
+    assert choose(bundle, "auto", precision="int8").artifact.precision == "int8"
+    assert choose(bundle, "onnx").artifact.id == "onnx-fp32"
+
+
+def test_auto_follows_a_recommendation_for_this_device_only(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.root, copy)
+    rec = {"device": device_key(), "artifact": "onnx-int8", "threads": 2}
+    (copy / "recommendation.json").write_text(json.dumps(rec))
+    choice = choose(Bundle.load(copy), "auto")
+    assert (choice.artifact.id, choice.threads) == ("onnx-int8", 2)
+    assert "recommendation" in choice.reason
+    assert choose(Bundle.load(copy), "auto", threads=1).threads == 1  # the flag wins
+    assert choose(Bundle.load(copy), "auto", precision="fp32").artifact.id == "tflite-fp32"
+
+    rec["device"] = {**device_key(), "cpu": "Cortex-A76"}
+    (copy / "recommendation.json").write_text(json.dumps(rec))
+    assert choose(Bundle.load(copy), "auto").artifact.id == "tflite-fp32"
+
+    (copy / "recommendation.json").write_text("{not json")
+    assert choose(Bundle.load(copy), "auto").artifact.id == "tflite-fp32"
+
+
+def test_unknown_or_missing_backend_is_a_clear_error(bundle):
+    with pytest.raises(ValueError, match="unknown backend"):
+        choose(bundle, "tensorrt")
+    with pytest.raises(ValueError, match="no artifact"):
+        choose(bundle, "tflite", precision="fp16")

@@ -1,0 +1,228 @@
+"""`feredge run` and `feredge info` as a user runs them, in subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.paths import DEFAULT_BUNDLE
+from runtime_support import REPO, build_test_bundle, build_test_video, feredge
+
+FACE_FIELDS = {"box", "label", "probabilities", "smoothed_label", "track", "confidence"}
+
+
+@pytest.fixture(scope="module")
+def bundle(request):
+    return build_test_bundle(request.config.cache.mkdir("feredge-runtime"))
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return build_test_video(tmp_path_factory.mktemp("videos"), 3)
+
+
+def _json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_headless_json_lines_from_a_video(bundle, video):
+    path, truth = video
+    result = feredge("run", "--bundle", bundle, "--source", path, "--headless", "--max-frames", 10)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = _json_lines(result.stdout)
+    assert [line["frame"] for line in lines] == list(range(10))
+    for line in lines:
+        assert set(line) == {"frame", "timestamp", "faces", "stage_ms"}
+        assert set(line["stage_ms"]) == {"capture", "detect", "preprocess", "infer", "smooth", "draw"}
+        for face in line["faces"]:
+            assert FACE_FIELDS <= set(face) and len(face["probabilities"]) == 7 and len(face["box"]) == 4
+    assert sum(len(line["faces"]) for line in lines) >= 15  # three faces a frame, most of them found
+    assert lines[3]["timestamp"] == pytest.approx(0.3, abs=1e-3)
+    assert "chosen by" in result.stderr  # which backend ran, and why
+
+
+def test_whole_video_to_a_file_and_a_recording(bundle, video, tmp_path):
+    path, truth = video
+    out, rec = tmp_path / "out.jsonl", tmp_path / "rec.mp4"
+    result = feredge("run", "--bundle", bundle, "--source", path, "--headless", "--output", out, "--record", rec,
+                     "--backend", "onnx", "--detect-every", 2, "--smooth", "window:3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == ""  # JSON went to the file
+    assert len(out.read_text().splitlines()) == len(truth["frames"])  # the video's end is a clean end
+    cap = cv2.VideoCapture(str(rec))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(truth["frames"])
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (640, 480)
+    assert "onnx-fp32" in result.stderr and "end of stream" in result.stderr
+
+
+def test_default_source_is_the_shipped_sample_with_whole_frame_faces(bundle):
+    result = feredge("run", "--bundle", bundle, "--headless", "--max-frames", 5, "--backend", "openvino")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = _json_lines(result.stdout)
+    assert len(lines) == 5 and all(line["source"].startswith("angry/") for line in lines)
+    assert all(line["faces"][0]["box"] == [0, 0, 48, 48] for line in lines)
+    assert "smoothing: none" in result.stderr  # consecutive images are different people
+
+
+def test_stats_and_that_tensorflow_is_never_imported(bundle, video):
+    path, _ = video
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "edge.cli", "run", "--bundle", str(bundle),
+                             "--source", str(path), "--headless", "--max-frames", "3", "--stats"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "edge" in imported and "cv2" in imported
+    assert not imported & {"tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx"}
+    assert "time to first result" in result.stderr and "peak memory" in result.stderr
+    assert len(_json_lines(result.stdout)) == 3
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--bundle", "/no/such/bundle"], ["/no/such/bundle", "no such bundle"]),
+    (["--source", "/no/such/video.mp4"], ["video.mp4", "no such file"]),
+    (["--source", "/dev/video99"], ["/dev/video99", "camera"]),
+    (["--backend", "tensorrt"], ["unknown backend"]),
+    (["--precision", "fp16"], ["no fp16 artifact"]),
+    (["--smooth", "kalman"], ["kalman"]),
+    (["--detector", "yunet"], ["yunet", "model file"]),
+    (["--detect-scale", "2"], ["--detect-scale"]),
+    (["--serve", "nonsense"], ["--serve"]),
+    (["--source", "gst:videotestsrc ! appsink"], ["GStreamer"]),
+    (["--source", "picamera"], ["picamera2"]),
+])
+def test_bad_input_is_one_line_and_exit_2(bundle, args, needles):
+    if "--bundle" not in args:
+        args = ["--bundle", bundle, *args]
+    result = feredge("run", "--headless", "--max-frames", 2, *args)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("feredge run: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_no_display_without_headless_says_what_to_do(bundle):
+    from edge.outputs import display_problem
+
+    if display_problem() is None:
+        pytest.skip("this machine has a display")
+    result = feredge("run", "--bundle", bundle, "--max-frames", 2)
+    assert result.returncode == 2 and "--headless" in result.stderr and "--serve" in result.stderr
+
+
+def test_missing_shipped_bundle_points_to_export():
+    if (DEFAULT_BUNDLE / "manifest.json").is_file():
+        pytest.skip("the shipped bundle exists")
+    result = feredge("run", "--headless", "--max-frames", 1)
+    assert result.returncode == 2 and "feredge export" in result.stderr
+
+
+def test_camera_lost_after_retries_is_exit_2(bundle, monkeypatch, capsys):
+    """In process, with a camera that delivers two frames and then is gone for good."""
+    import edge.sources
+    from edge.cli import main
+
+    class Gone(edge.sources.Device):
+        reads = 0
+
+        def read(self):
+            Gone.reads += 1
+            return (np.zeros((48, 48, 3), np.uint8), None, None) if Gone.reads <= 2 else None
+
+    def fake_open_source(text, **kwargs):
+        opened = []
+
+        def opener():
+            if opened:
+                raise OSError("camera 0: OpenCV cannot open it")
+            opened.append(1)
+            return Gone()
+
+        return edge.sources.CaptureSource("camera 0", opener, retries=2, backoff=0.01)
+
+    monkeypatch.setattr(edge.sources, "open_source", fake_open_source)
+    code = main(["run", "--bundle", str(bundle), "--source", "0", "--headless", "--detector", "none"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "feredge run: error: camera 0: no frames after 2 reconnection attempts" in captured.err
+    assert len(_json_lines(captured.out)) == 2
+
+
+def _start(bundle, *args):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--bundle", str(bundle), *map(str, args)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc, needle: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return line
+    proc.kill()
+    raise AssertionError(f"{needle!r} not seen; stderr: {''.join(seen)[-2000:]}")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_ends_cleanly_and_keeps_the_recording(bundle, video, tmp_path, sig, code):
+    path, _ = video
+    rec = tmp_path / "rec.mp4"
+    proc = _start(bundle, "--source", path, "--loop", "--headless", "--output", tmp_path / "o.jsonl",
+                  "--record", rec, "--detector", "none")
+    try:
+        _wait_for(proc, "source:")
+        out, deadline = tmp_path / "o.jsonl", time.monotonic() + 60
+        while time.monotonic() < deadline and not (out.is_file() and len(out.read_text().splitlines()) >= 5):
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err and "recording kept" in err
+    frames = int(cv2.VideoCapture(str(rec)).get(cv2.CAP_PROP_FRAME_COUNT))
+    assert frames >= 5
+
+
+def test_serve_lets_a_browser_watch_a_headless_run(bundle, video):
+    path, _ = video
+    proc = _start(bundle, "--source", path, "--loop", "--serve", "127.0.0.1:0", "--detector", "none", "--fps", 10)
+    try:
+        line = _wait_for(proc, "serving the live view at")
+        url = line.strip().split(" at ")[-1]
+        assert url.startswith("http://127.0.0.1:")
+        assert b'src="/stream"' in urllib.request.urlopen(url, timeout=30).read()
+        with urllib.request.urlopen(url + "stream", timeout=30) as stream:
+            head = stream.read(4096)
+        assert b"Content-Type: image/jpeg" in head and b"\xff\xd8" in head
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+
+
+def test_info_reports_runtimes_and_opencv_build():
+    result = feredge("info", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads(result.stdout)
+    assert info["device"]["machine"] and info["device"]["cores"] >= 1
+    assert set(info["formats"]) >= {"tflite"}
+    assert {"gui", "gstreamer", "v4l2", "ffmpeg", "haar_cascades"} <= set(info["opencv"])
+    text = feredge("info")
+    assert text.returncode == 0 and "GStreamer" in text.stdout and "runtimes" in text.stdout
