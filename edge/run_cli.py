@@ -34,6 +34,8 @@ def add_arguments(p) -> None:
                                                       "recommendation)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime's)")
     p.add_argument("--device", default="CPU", help="OpenVINO device (CPU, GPU, NPU, AUTO)")
+    p.add_argument("--openvino-hint", default=None, choices=("f32", "bf16", "f16"),
+                   help="OpenVINO inference precision (default: the device's; CPUs with AMX run fp32 IR in bf16)")
     p.add_argument("--providers", default="auto",
                    help="ONNX Runtime execution providers, comma-separated (default auto: TensorRT, CUDA, CPU)")
     p.add_argument("--detector", default="auto",
@@ -150,6 +152,7 @@ def run(args) -> int:
         options["providers"] = args.providers if args.providers == "auto" else args.providers.split(",")
     elif choice.artifact.format == "openvino":
         options["device"] = args.device
+        options["precision_hint"] = args.openvino_hint
     load_started = time.perf_counter()
     try:
         backend = bundle.open(choice.artifact, threads=choice.threads, **options)
