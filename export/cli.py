@@ -1,0 +1,53 @@
+"""Arguments of `feredge export`."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="run directory, .keras/.h5 file or SavedModel directory (default: the shipped model)")
+    p.add_argument("--out", help="bundle directory to write (default: the shipped model's bundle, which 'feredge run' "
+                                 "and 'feredge bench' use, for the shipped model; bundles/<model folder or file "
+                                 "name> otherwise); an earlier bundle there is replaced only when the new one is "
+                                 "complete and verified")
+    p.add_argument("--formats", help="comma list of tflite, onnx, openvino (default: all)")
+    p.add_argument("--precisions", help="comma list of fp32, fp16, dynamic, int8 (default: all; combinations a "
+                                        "format does not offer are skipped with a note)")
+    p.add_argument("--calib", help="folder of face images for int8 calibration (default: the shipped sample)")
+    p.add_argument("--calib-count", type=int, default=300, help="calibration images to use (default: 300)")
+    p.add_argument("--data", help="labelled faces for verification and for pruning's fine-tuning: a FER-style "
+                                  "folder with train/ and test/ (fine-tune on train, verify on test), class "
+                                  "folders, or the FER-2013 CSV (default: verify on the shipped sample)")
+    p.add_argument("--labels", help="class names in output order: a labels.json or a comma list (default: the "
+                                    "labels.json beside the model)")
+    p.add_argument("--prune", action="append", metavar="METHOD:AMOUNT",
+                   help="also export pruned variants: magnitude:0.5 (sparsity), structured:0.25 (fraction of "
+                        "filters removed); repeat or comma-separate; needs --data")
+    p.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs after pruning (default: 2)")
+    p.add_argument("--allow-drop", action="store_true",
+                   help="keep artifacts that miss the agreement/accuracy limits (recorded in the manifest)")
+    p.add_argument("--add-softmax", action="store_true", help="append a softmax to a model that outputs logits")
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from edge.paths import DEFAULT_BUNDLE, PRETRAINED_DIR
+    from export import export_model
+
+    model = Path(args.model) if args.model else PRETRAINED_DIR
+    if args.out:
+        out = Path(args.out)
+    elif args.model is None:
+        out = DEFAULT_BUNDLE
+    else:
+        out = Path("bundles") / (model.stem if model.is_file() else model.name)
+    started = time.perf_counter()
+    bundle = export_model(model, out, formats=args.formats, precisions=args.precisions, calib=args.calib,
+                          calib_count=args.calib_count, data=args.data, labels=args.labels, prune=args.prune,
+                          allow_drop=args.allow_drop, add_softmax=args.add_softmax, progress=not args.quiet,
+                          finetune_epochs=args.finetune_epochs)
+    print((bundle.root / "summary.txt").read_text(), end="")
+    print(f"\nbundle: {bundle.root} ({len(bundle.artifacts)} artifacts) in {time.perf_counter() - started:.0f} s")
+    return 0

@@ -1,0 +1,329 @@
+"""`export_model`: a trained Keras model in, a verified bundle (DESIGN.md) out.
+
+Order of work: check everything that can be checked cheaply (formats, pruning needs data,
+the model path, the calibration folder, the output location) before TensorFlow is imported;
+then load the model, the calibration and verification faces, convert and verify each
+artifact in a temporary directory, prune and fine-tune if asked, and only when every
+artifact passed (or --allow-drop) write the manifest and swap the bundle into place.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gzip
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.bundle import SCHEMA_VERSION, Bundle, sha256_file
+from export import onnx as onnx_export
+from export import openvino as ov_export
+from export import tflite as tflite_export
+from export.bundle_writer import BundleWriter
+from export.calibration import list_calibration_files, load_calibration, labelled_sets
+from export.pruning import PruneRequest, parse_prune
+from export.summary import format_summary, toolchain_versions
+from export.verify import Reference, accuracy, verify
+from models.run_dir import SAMPLE_DIR, locate_model
+
+log = logging.getLogger("feredge.export")
+
+FORMATS = ("tflite", "onnx", "openvino")
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+OFFERED = {"tflite": tflite_export.PRECISIONS, "onnx": onnx_export.PRECISIONS, "openvino": ov_export.PRECISIONS}
+NOT_OFFERED = {
+    ("onnx", "fp16"): "not offered: ONNX Runtime's CPU provider runs fp16 graphs slower than fp32; use int8",
+    ("onnx", "dynamic"): "not offered: use the static int8 (QDQ) artifact, which also runs on TensorRT",
+    ("openvino", "dynamic"): "not offered: OpenVINO's CPU plugin has no dynamic-range mode; use int8 (NNCF)",
+}
+NOISY_LOGGERS = ("tf2onnx", "nncf", "absl", "onnxruntime", "openvino", "tensorflow")
+
+
+def _as_list(value, allowed: tuple[str, ...], what: str) -> list[str]:
+    if value is None:
+        return list(allowed)
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [str(x).strip().lower() for x in items if str(x).strip()]
+    unknown = [x for x in items if x not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))} (choose from {', '.join(allowed)})")
+    if not items:
+        raise ValueError(f"no {what} given (choose from {', '.join(allowed)})")
+    return [x for x in allowed if x in items]
+
+
+def plan(formats=None, precisions=None) -> tuple[list[tuple[str, str]], list[dict]]:
+    """(format, precision) jobs in a sensible order, and the combinations skipped with a note."""
+    fmts = _as_list(formats, FORMATS, "format")
+    precs = _as_list(precisions, PRECISIONS, "precision")
+    jobs, skipped = [], []
+    for fmt in fmts:
+        for prec in precs:
+            if prec in OFFERED[fmt]:
+                jobs.append((fmt, prec))
+            else:
+                skipped.append({"format": fmt, "precision": prec, "reason": NOT_OFFERED.get((fmt, prec), "not offered")})
+    if not jobs:
+        raise ValueError(f"nothing to export: {', '.join(fmts)} offer none of {', '.join(precs)}")
+    return jobs, skipped
+
+
+def relative_files(fmt: str, precision: str, tag: str | None) -> list[str]:
+    stem = f"model.{tag}.{precision}" if tag else f"model.{precision}"
+    if fmt == "tflite":
+        return [f"{stem}.tflite"]
+    if fmt == "onnx":
+        return [f"{stem}.onnx"]
+    return [f"openvino/{stem}.xml", f"openvino/{stem}.bin"]
+
+
+def artifact_id(fmt: str, precision: str, tag: str | None) -> str:
+    return f"{fmt}-{precision}" + (f"-{tag}" if tag else "")
+
+
+def _quiet():
+    """Silence converters' native stderr chatter (FEREDGE_TF_VERBOSE=1 shows it)."""
+    from models.tf_env import _native_stderr_silenced
+
+    return _native_stderr_silenced()
+
+
+def keras_predict(model, x: np.ndarray) -> np.ndarray:
+    if not len(x):
+        return np.zeros((0, int(model.output_shape[-1])), np.float32)
+    return np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float32)
+
+
+class _Exporter:
+    """Converts and verifies one Keras model (the source or a pruned variant) into the bundle."""
+
+    def __init__(self, writer: BundleWriter, jobs, calib, verify_set, scratch: Path, total: int):
+        self.writer, self.jobs, self.calib, self.verify_set = writer, jobs, calib, verify_set
+        self.scratch, self.total, self.done = scratch, total, 0
+
+    def run(self, model, ref: Reference, tag: str | None = None, pruning: dict | None = None) -> list[dict]:
+        records, onnx_fp32, ov_model = [], None, None
+        for fmt, prec in self.jobs:
+            self.done += 1
+            aid = artifact_id(fmt, prec, tag)
+            files = relative_files(fmt, prec, tag)
+            target = self.writer.path(files[0])
+            log.info("[%d/%d] %s: converting", self.done, self.total, aid)
+            started = time.perf_counter()
+            with _quiet(), contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress on stdout
+                if fmt == "tflite":
+                    tflite_export.convert(model, target, prec, self.calib.x)
+                elif fmt == "onnx":
+                    if onnx_fp32 is None:
+                        onnx_fp32 = target if prec == "fp32" else self.scratch / f"{tag or 'model'}.fp32.onnx"
+                        onnx_export.convert_fp32(model, onnx_fp32)
+                    if prec == "int8":
+                        onnx_export.quantize_int8(onnx_fp32, target, self.calib.x, self.scratch)
+                else:
+                    if prec == "int8":
+                        ov_export.save(ov_export.quantize_int8(ov_export.convert(model), self.calib.x), target, prec)
+                    else:
+                        ov_model = ov_model or ov_export.convert(model)
+                        ov_export.save(ov_model, target, prec)
+            seconds = time.perf_counter() - started
+            log.info("[%d/%d] %s: converted in %.1f s; verifying on %d faces", self.done, self.total, aid, seconds,
+                     len(self.verify_set))
+            check = verify(target, fmt, prec, self.verify_set.x, self.verify_set.y, ref)
+            paths = [self.writer.path(f) for f in files]
+            record = {
+                "id": aid, "format": fmt, "precision": prec, "files": files,
+                "bytes": int(sum(p.stat().st_size for p in paths)),
+                "sha256": {f: sha256_file(p) for f, p in zip(files, paths)},
+                "pruning": pruning, "verification": check,
+                "settings": {"tflite": tflite_export.settings, "onnx": onnx_export.settings,
+                             "openvino": ov_export.settings}[fmt](prec),
+                "convert_seconds": round(seconds, 2),
+            }
+            if fmt == "tflite":
+                record["gzip_bytes"] = len(gzip.compress(paths[0].read_bytes(), 9))
+            acc = "-" if check["accuracy"] is None else f"{check['accuracy']:.2%}"
+            log.info("[%d/%d] %s: agreement %.2f %%, accuracy %s, ran %s%s", self.done, self.total, aid,
+                     check["agreement"] * 100, acc, check["ran_precision"],
+                     "" if check["passed"] else f"  FAILED: {check['failure']}")
+            records.append(record)
+        return records
+
+
+def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=None, calib_count: int = 300,
+                 data=None, labels=None, prune=None, allow_drop: bool = False, add_softmax: bool = False,
+                 progress: bool = True, finetune_epochs: int = 2, seed: int = 0) -> Bundle:
+    """Export a trained tf-keras model to a verified bundle in `out_dir`; returns the loaded bundle.
+
+    formats: tflite, onnx, openvino (default all); precisions: fp32, fp16, dynamic, int8 (default
+    all; combinations a format does not offer are skipped with a note). calib: folder of faces
+    (default the shipped sample), calib_count of them. data: labelled faces for verification (its
+    test split) and for pruning's fine-tuning (its train split); default the shipped sample.
+    prune: e.g. "magnitude:0.5,structured:0.25". Raises ValueError / FileNotFoundError /
+    PermissionError with one line naming the file on bad input; the previous bundle at `out_dir`
+    survives any failure or interruption.
+    """
+    started = time.perf_counter()
+    jobs, skipped = plan(formats, precisions)
+    requests = parse_prune(prune)
+    if requests and data is None:
+        raise ValueError("pruning needs fine-tuning data: pass --data DIR")
+    if int(calib_count) < 1:
+        raise ValueError(f"--calib-count must be at least 1, not {calib_count}")
+    if finetune_epochs < 1:
+        raise ValueError(f"--finetune-epochs must be at least 1, not {finetune_epochs}")
+    locate_model(model_path)
+    calib_dir = Path(calib) if calib is not None else SAMPLE_DIR
+    list_calibration_files(calib_dir)
+    if data is not None and not Path(data).exists():
+        raise FileNotFoundError(f"{data}: no such data folder or file")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    with BundleWriter(out_dir) as writer, tempfile.TemporaryDirectory(prefix="feredge-export-") as scratch:
+        from export.source import load_source
+
+        log.info("loading %s", model_path)
+        source = load_source(model_path, labels=labels, add_softmax=add_softmax)
+        model = source.model
+        from models.architectures import count_macs
+
+        parameters, macs = int(model.count_params()), count_macs(model)
+        log.info("%s: %s parameters, %.2f M MACs, %dx%dx%d input, %d classes (%s)", source.name,
+                 f"{parameters:,}", macs / 1e6, *source.input_shape, len(source.labels), source.output)
+        calib_set = load_calibration(calib_dir, source.spec, calib_count, seed=seed, progress=progress)
+        log.info("calibration: %d faces from %s", len(calib_set), calib_set.source)
+        verify_set, train = labelled_sets(data, source.spec, source.labels, need_training=bool(requests),
+                                          seed=seed, progress=progress)
+        log.info("verification: %d faces from %s", len(verify_set), verify_set.source)
+        if not len(verify_set):
+            raise ValueError(f"{verify_set.source}: no verification images")
+        ref_probs = keras_predict(model, verify_set.x)
+        ref_acc = accuracy(ref_probs, verify_set.y)
+        if ref_acc is not None:
+            log.info("Keras source accuracy on the verification faces: %.2f %%", ref_acc * 100)
+
+        exporter = _Exporter(writer, jobs, calib_set, verify_set, Path(scratch), len(jobs) * (1 + len(requests)))
+        artifacts = exporter.run(model, Reference(ref_probs, ref_acc, ref_acc))
+        reports = []
+        for request in requests:
+            pruned, report, brief = _prune(source, request, train, verify_set, ref_acc, finetune_epochs, seed,
+                                           progress)
+            probs = keras_predict(pruned, verify_set.x)
+            variant = exporter.run(pruned, Reference(probs, accuracy(probs, verify_set.y), ref_acc), request.tag,
+                                   brief)
+            report["gzip_bytes"] = _gzip_comparison(artifacts, variant)
+            if request.method == "structured":
+                report["tflite_latency_ms"] = _tflite_latency(writer, artifacts, variant, verify_set.x)
+            reports.append(report)
+            artifacts += variant
+            del pruned
+
+        failures = [a for a in artifacts if not a["verification"]["passed"]]
+        if failures and not allow_drop:
+            raise ValueError("verification failed: " + "; ".join(f"{a['id']}: {a['verification']['failure']}"
+                                                                 for a in failures)
+                             + " (pass --allow-drop to keep such artifacts)")
+        for a in failures:
+            log.warning("%s: %s (kept: --allow-drop)", a["id"], a["verification"]["failure"])
+            a["verification"]["allowed"] = True
+
+        writer.write_text("preprocess.json", json.dumps(source.spec.to_dict(), indent=2) + "\n")
+        writer.write_text("labels.json", json.dumps(list(source.labels), indent=2) + "\n")
+        h, w, c = source.input_shape
+        manifest = {
+            "schema": SCHEMA_VERSION,
+            "model": {"name": source.name, "source": str(source.path), "sha256": source.sha256,
+                      "parameters": parameters, "macs": macs, "output": source.output,
+                      "preprocess_from": source.spec_from},
+            "labels": list(source.labels),
+            "input": {"height": h, "width": w, "channels": c, "layout": "NHWC", "dtype": "float32"},
+            "preprocess": source.spec.to_dict(),
+            "toolchain": toolchain_versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "calibration": {"source": calib_set.source, "count": len(calib_set)},
+            "verification_data": {"source": verify_set.source, "count": len(verify_set),
+                                  "labelled": int(verify_set.labelled.sum()), "keras_accuracy": ref_acc},
+            "artifacts": artifacts,
+            "skipped": skipped,
+            "pruning": reports,
+            "allow_drop": bool(allow_drop),
+        }
+        manifest["export_seconds"] = round(time.perf_counter() - started, 1)
+        writer.write_text("summary.txt", format_summary(manifest))
+        manifest["files"] = {name: sha256_file(writer.path(name))
+                             for name in ("preprocess.json", "labels.json", "summary.txt")}
+        out = writer.commit(manifest)
+    log.info("export finished in %.0f s", time.perf_counter() - started)
+    return Bundle.load(out)
+
+
+def _gzip_comparison(unpruned: list[dict], pruned: list[dict]) -> dict:
+    base = {a["id"]: a for a in unpruned}
+    out = {}
+    for a in pruned:
+        if "gzip_bytes" in a:
+            twin = base.get(artifact_id(a["format"], a["precision"], None))
+            out[a["id"]] = {"pruned": a["gzip_bytes"], "unpruned": twin["gzip_bytes"] if twin else None,
+                            "file_bytes": a["bytes"]}
+    return out
+
+
+def _tflite_latency(writer: BundleWriter, unpruned: list[dict], pruned: list[dict], x: np.ndarray) -> dict:
+    """Single-face, one-thread LiteRT latency of the fp32 artifact before and after structured pruning."""
+    from export.verify import latency_ms
+
+    twin = next((a for a in pruned if a["format"] == "tflite" and a["precision"] == "fp32"), None)
+    base = next((a for a in unpruned if a["id"] == "tflite-fp32"), None)
+    if twin is None or base is None:
+        return {}
+    before = latency_ms(writer.path(base["files"][0]), "tflite", "fp32", x)
+    after = latency_ms(writer.path(twin["files"][0]), "tflite", "fp32", x)
+    log.info("LiteRT fp32 single-face latency (1 thread): %.3f -> %.3f ms", before, after)
+    return {"before": before, "after": after, "runtime": twin["verification"]["runtime"], "threads": 1}
+
+
+def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: int, seed: int, progress: bool):
+    """(pruned Keras model, full report for the manifest, brief dict for each artifact)."""
+    from export import pruning
+    from models.architectures import count_macs
+
+    started = time.perf_counter()
+    verbose = 2 if progress else 0
+    log.info("pruning %s: %s %g, fine-tuning %d epoch(s) on %d faces from %s", request.tag, request.method,
+             request.amount, epochs, len(train), train.source)
+    model = source.model
+    report = {"tag": request.tag, "method": request.method, "amount": request.amount, "finetune_epochs": epochs,
+              "finetune_images": len(train), "finetune_source": train.source}
+    if request.method == "magnitude":
+        pruned, info = pruning.magnitude_prune(model, train, source.spec, request.amount, epochs=epochs, seed=seed,
+                                               verbose=verbose)
+        report.update(info)
+        before = None
+        brief = {"method": "magnitude", "sparsity": request.amount, "measured_sparsity": info["measured_sparsity"],
+                 "tag": request.tag}
+    else:
+        pruned, notes = pruning.structured_prune(model, request.amount)
+        before = accuracy(keras_predict(pruned, verify_set.x), verify_set.y)
+        pruning.fine_tune(pruned, train, source.spec, epochs=epochs, lr=3e-4, seed=seed, verbose=verbose)
+        report.update({
+            "fraction": request.amount, "notes": notes, "finetune_lr": 3e-4,
+            "parameters_before": int(model.count_params()), "parameters_after": int(pruned.count_params()),
+            "macs_before": count_macs(model), "macs_after": count_macs(pruned),
+            "latency_ms_before": pruning.keras_latency_ms(model), "latency_ms_after": pruning.keras_latency_ms(pruned),
+        })
+        for note in notes:
+            log.info("  %s", note)
+        brief = {"method": "structured", "fraction": request.amount, "tag": request.tag,
+                 **{k: report[k] for k in ("parameters_before", "parameters_after", "macs_before", "macs_after")}}
+    after = accuracy(keras_predict(pruned, verify_set.x), verify_set.y)
+    report["keras_accuracy"] = {"source": ref_acc, "pruned_before_finetune": before, "pruned": after}
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    brief["keras_accuracy"] = after
+    log.info("pruning %s done in %.0f s: Keras accuracy %s -> %s", request.tag, report["seconds"],
+             "-" if ref_acc is None else f"{ref_acc:.2%}", "-" if after is None else f"{after:.2%}")
+    return pruned, report, brief

@@ -1,0 +1,54 @@
+"""Keras -> TFLite at fp32, fp16 (weights), dynamic-range (int8 weights) and full int8.
+
+Full int8 calibrates on real faces (the representative dataset) and takes and returns int8
+tensors; the edge backend applies the input/output scale and zero point. The experimental
+sparse encoding is not used: LiteRT's XNNPACK delegate cannot prepare it (STACK.md).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+
+
+def settings(precision: str) -> dict:
+    return {
+        "fp32": {"converter": "tf.lite.TFLiteConverter.from_keras_model"},
+        "fp16": {"converter": "tf.lite.TFLiteConverter.from_keras_model", "weights": "float16",
+                 "activations": "float32"},
+        "dynamic": {"converter": "tf.lite.TFLiteConverter.from_keras_model", "weights": "int8 (per channel)",
+                    "activations": "float32, quantized on the fly"},
+        "int8": {"converter": "tf.lite.TFLiteConverter.from_keras_model", "weights": "int8 (per channel)",
+                 "activations": "int8", "input": "int8", "output": "int8",
+                 "calibration": "representative dataset"},
+    }[precision]
+
+
+def convert(model, path: Path, precision: str, calib: np.ndarray | None = None) -> None:
+    """Write `model` as a .tflite file at `path`."""
+    from models.tf_env import tf
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"TFLite has no precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif precision == "int8":
+        if calib is None or not len(calib):
+            raise ValueError("TFLite int8 needs calibration images")
+
+        def representative():
+            for i in range(len(calib)):
+                yield [calib[i:i + 1].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    Path(path).write_bytes(converter.convert())

@@ -1,0 +1,113 @@
+"""Run an artifact through the edge backend that will run it on the device; compare with Keras.
+
+Rules (the defaults of issue 4): fp32 and fp16 must agree with their Keras source on >= 99.5 %
+of the faces (top-1); int8 and dynamic-range (int8 weights) may lose at most 1.0 accuracy
+point against their Keras source. When the verification faces carry no class the model knows,
+accuracy cannot be measured and quantized artifacts need >= 97 % agreement instead.
+OpenVINO fp32 runs with an f32 precision hint (the CPU would otherwise silently use bf16);
+fp16 and int8 run with the device's default, and the precision that actually ran is recorded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from benchmarks.metrics import top1_agreement
+from edge.backends import open_artifact
+
+MIN_AGREEMENT = 0.995
+MAX_ACCURACY_DROP = 0.01
+MIN_AGREEMENT_UNLABELLED = 0.97
+
+
+@dataclasses.dataclass
+class Reference:
+    """What an artifact is compared with: its Keras source's outputs on the verification faces."""
+
+    probs: np.ndarray  # the artifact's own Keras source (the pruned model for pruned artifacts)
+    accuracy: float | None  # of that source
+    reference_accuracy: float | None  # of the unpruned source model
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray | None) -> float | None:
+    if y is None:
+        return None
+    known = y >= 0
+    if not known.any():
+        return None
+    return float(np.mean(probs[known].argmax(axis=1) == y[known]))
+
+
+def threshold(precision: str, labelled: bool) -> dict:
+    if precision in ("fp32", "fp16"):
+        return {"min_agreement": MIN_AGREEMENT}
+    if labelled:
+        return {"max_accuracy_drop": MAX_ACCURACY_DROP}
+    return {"min_agreement": MIN_AGREEMENT_UNLABELLED}
+
+
+def backend_options(fmt: str, precision: str) -> dict:
+    return {"precision_hint": "f32"} if fmt == "openvino" and precision == "fp32" else {}
+
+
+def predict(backend, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([backend.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def verify(path, fmt: str, precision: str, x: np.ndarray, y: np.ndarray | None, ref: Reference) -> dict:
+    """The manifest's verification record for one artifact file."""
+    options = backend_options(fmt, precision)
+    backend = open_artifact(path, **options)
+    try:
+        probs = predict(backend, x)
+    finally:
+        backend.close()
+    acc = accuracy(probs, y)
+    rule = threshold(precision, acc is not None and ref.accuracy is not None)
+    record = {
+        "samples": int(len(x)),
+        "accuracy_samples": int((y >= 0).sum()) if y is not None else 0,
+        "agreement": top1_agreement(probs, ref.probs),
+        "max_abs_diff": float(np.max(np.abs(probs - ref.probs))),
+        "accuracy": acc,
+        "source_accuracy": ref.accuracy,
+        "reference_accuracy": ref.reference_accuracy,
+        "accuracy_drop": None if acc is None or ref.reference_accuracy is None else ref.reference_accuracy - acc,
+        "source_accuracy_drop": None if acc is None or ref.accuracy is None else ref.accuracy - acc,
+        "threshold": rule,
+        "ran_precision": backend.precision,
+        "runtime": backend.runtime,
+        "precision_hint": options.get("precision_hint", "default"),
+    }
+    record["passed"], record["failure"] = _judge(record, rule)
+    return record
+
+
+def _judge(record: dict, rule: dict) -> tuple[bool, str | None]:
+    if "min_agreement" in rule and record["agreement"] < rule["min_agreement"]:
+        return False, (f"top-1 agreement {record['agreement'] * 100:.2f} % with its Keras source is below "
+                       f"{rule['min_agreement'] * 100:.1f} %")
+    if "max_accuracy_drop" in rule and record["source_accuracy_drop"] > rule["max_accuracy_drop"] + 1e-9:
+        return False, (f"accuracy {record['accuracy'] * 100:.2f} % is {record['source_accuracy_drop'] * 100:.2f} "
+                       f"points below its Keras source's {record['source_accuracy'] * 100:.2f} % (limit "
+                       f"{rule['max_accuracy_drop'] * 100:.1f} points)")
+    return True, None
+
+
+def latency_ms(path, fmt: str, precision: str, face: np.ndarray, runs: int = 200, warmup: int = 20) -> float:
+    """Median single-face latency of an artifact at one thread, in milliseconds."""
+    backend = open_artifact(path, threads=1, **backend_options(fmt, precision))
+    try:
+        x = np.ascontiguousarray(face[:1], dtype=np.float32)
+        for _ in range(warmup):
+            backend.predict(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            backend.predict(x)
+            times.append(time.perf_counter() - start)
+    finally:
+        backend.close()
+    return float(np.median(times) * 1000)
