@@ -146,7 +146,7 @@ class _Exporter:
             }
             if fmt == "tflite":
                 record["gzip_bytes"] = len(gzip.compress(paths[0].read_bytes(), 9))
-            acc = "-" if check["accuracy"] is None else f"{check['accuracy']:.2%}"
+            acc = "-" if check["accuracy"] is None else f"{check['accuracy'] * 100:.2f} %"
             log.info("[%d/%d] %s: agreement %.2f %%, accuracy %s, ran %s%s", self.done, self.total, aid,
                      check["agreement"] * 100, acc, check["ran_precision"],
                      "" if check["passed"] else f"  FAILED: {check['failure']}")
@@ -325,5 +325,5 @@ def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: in
     report["seconds"] = round(time.perf_counter() - started, 1)
     brief["keras_accuracy"] = after
     log.info("pruning %s done in %.0f s: Keras accuracy %s -> %s", request.tag, report["seconds"],
-             "-" if ref_acc is None else f"{ref_acc:.2%}", "-" if after is None else f"{after:.2%}")
+             "-" if ref_acc is None else f"{ref_acc * 100:.2f} %", "-" if after is None else f"{after * 100:.2f} %")
     return pruned, report, brief

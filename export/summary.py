@@ -85,9 +85,15 @@ def format_summary(manifest: dict) -> str:
              f"verification: {ver['count']} faces from {ver['source']}; Keras accuracy "
              f"{_pct(ver.get('keras_accuracy'))}; calibration: {manifest['calibration']['count']} faces from "
              f"{manifest['calibration']['source']}",
-             "", format_table(manifest["artifacts"])]
+             "", format_table(manifest["artifacts"]), ""]
+    for a in manifest["artifacts"]:
+        d = a["verification"].get("device_default")
+        if d and d["ran_precision"] != a["verification"]["ran_precision"]:
+            lines.append(f"{a['id']}: verified with an {a['verification']['precision_hint']} hint; this device's "
+                         f"default runs {d['ran_precision']}: agreement {_pct(d['agreement'])}, accuracy "
+                         f"{_pct(d['accuracy'])}")
     if manifest.get("skipped"):
-        lines += [""] + [f"skipped {s['format']} {s['precision']}: {s['reason']}" for s in manifest["skipped"]]
+        lines += [f"skipped {s['format']} {s['precision']}: {s['reason']}" for s in manifest["skipped"]]
     for p in manifest.get("pruning", []):
         lines += ["", _pruning_lines(p)]
     lines += ["", "drop: accuracy points lost against the unpruned Keras model (negative: gained); agreement and "
@@ -99,8 +105,12 @@ def _pruning_lines(p: dict) -> str:
     acc = p.get("keras_accuracy", {})
     text = [f"pruning {p['tag']} ({p['method']} {p['amount']:g}), fine-tuned {p['finetune_epochs']} epoch(s) on "
             f"{p['finetune_images']} faces in {p['seconds']:.0f} s:"]
-    text.append(f"  Keras accuracy: source {_pct(acc.get('source'))}, pruned before fine-tuning "
-                f"{_pct(acc.get('pruned_before_finetune'))}, after {_pct(acc.get('pruned'))}")
+    if p["method"] == "magnitude":  # tfmot prunes during fine-tuning: there is no "before" model
+        text.append(f"  Keras accuracy: source {_pct(acc.get('source'))}, pruned and fine-tuned "
+                    f"{_pct(acc.get('pruned'))}")
+    else:
+        text.append(f"  Keras accuracy: source {_pct(acc.get('source'))}, pruned before fine-tuning "
+                    f"{_pct(acc.get('pruned_before_finetune'))}, after {_pct(acc.get('pruned'))}")
     if p["method"] == "magnitude":
         text.append(f"  sparsity {p['measured_sparsity']:.2%} of {p['pruned_weights']:,} prunable weights "
                     f"(asked {p['amount']:.0%})")

@@ -4,8 +4,12 @@ Rules (the defaults of issue 4): fp32 and fp16 must agree with their Keras sourc
 of the faces (top-1); int8 and dynamic-range (int8 weights) may lose at most 1.0 accuracy
 point against their Keras source. When the verification faces carry no class the model knows,
 accuracy cannot be measured and quantized artifacts need >= 97 % agreement instead.
-OpenVINO fp32 runs with an f32 precision hint (the CPU would otherwise silently use bf16);
-fp16 and int8 run with the device's default, and the precision that actually ran is recorded.
+OpenVINO float IR (fp32 and fp16) is verified with an f32 precision hint, which checks the
+artifact itself; CPUs with AMX/AVX512-BF16 would otherwise silently run it in bf16, whose 8-bit
+mantissa is coarser than fp16's (on this machine the fp16 IR agreed on 99.39 % of PublicTest in
+bf16, 0.08 accuracy points lost). That default-hint run is measured too and recorded under
+`device_default`, for information, not as a gate. OpenVINO int8 runs with the device default.
+The precision that actually ran is recorded in every case.
 """
 from __future__ import annotations
 
@@ -49,7 +53,15 @@ def threshold(precision: str, labelled: bool) -> dict:
 
 
 def backend_options(fmt: str, precision: str) -> dict:
-    return {"precision_hint": "f32"} if fmt == "openvino" and precision == "fp32" else {}
+    return {"precision_hint": "f32"} if fmt == "openvino" and precision in ("fp32", "fp16") else {}
+
+
+def _run(path, x: np.ndarray, options: dict):
+    backend = open_artifact(path, **options)
+    try:
+        return predict(backend, x), backend.precision, backend.runtime
+    finally:
+        backend.close()
 
 
 def predict(backend, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -59,11 +71,7 @@ def predict(backend, x: np.ndarray, batch: int = 256) -> np.ndarray:
 def verify(path, fmt: str, precision: str, x: np.ndarray, y: np.ndarray | None, ref: Reference) -> dict:
     """The manifest's verification record for one artifact file."""
     options = backend_options(fmt, precision)
-    backend = open_artifact(path, **options)
-    try:
-        probs = predict(backend, x)
-    finally:
-        backend.close()
+    probs, ran, runtime = _run(path, x, options)
     acc = accuracy(probs, y)
     rule = threshold(precision, acc is not None and ref.accuracy is not None)
     record = {
@@ -77,11 +85,17 @@ def verify(path, fmt: str, precision: str, x: np.ndarray, y: np.ndarray | None, 
         "accuracy_drop": None if acc is None or ref.reference_accuracy is None else ref.reference_accuracy - acc,
         "source_accuracy_drop": None if acc is None or ref.accuracy is None else ref.accuracy - acc,
         "threshold": rule,
-        "ran_precision": backend.precision,
-        "runtime": backend.runtime,
+        "ran_precision": ran,
+        "runtime": runtime,
         "precision_hint": options.get("precision_hint", "default"),
     }
     record["passed"], record["failure"] = _judge(record, rule)
+    if options:  # what this device runs when nobody asks for a precision
+        default_probs, default_ran, _ = _run(path, x, {})
+        record["device_default"] = {"ran_precision": default_ran,
+                                    "agreement": top1_agreement(default_probs, ref.probs),
+                                    "max_abs_diff": float(np.max(np.abs(default_probs - ref.probs))),
+                                    "accuracy": accuracy(default_probs, y)}
     return record
 
 

@@ -112,6 +112,10 @@ def test_manifest_fields(bundle, trained_run, synthetic_dataset):
             assert v["threshold"] == {"max_accuracy_drop": 0.01} and v["accuracy_drop"] <= 0.01
     ov32 = next(a for a in m["artifacts"] if a["id"] == "openvino-fp32")["verification"]
     assert ov32["precision_hint"] == "f32" and ov32["ran_precision"] == "fp32" and ov32["max_abs_diff"] < 1e-4
+    ov16 = next(a for a in m["artifacts"] if a["id"] == "openvino-fp16")["verification"]
+    assert ov16["precision_hint"] == "f32" and ov16["max_abs_diff"] < 0.01
+    for v in (ov32, ov16):  # what this CPU runs by default (bf16 on AMX machines) is recorded too
+        assert set(v["device_default"]) == {"ran_precision", "agreement", "max_abs_diff", "accuracy"}
 
 
 def test_files_and_checksums(bundle):
