@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     result["recommendation"] = recommend(result["records"], opts.max_drop)
     if args.video:
         from benchmarks.e2e import run_e2e
-        result["e2e"] = run_e2e(bundle, args.video, result["records"], threads=opts.threads,
-                                max_frames=args.e2e_frames)
+        chosen = list(dict.fromkeys(r["artifact"] for r in result["records"])) if opts.select else None
+        result["e2e"] = run_e2e(bundle, args.video, threads=opts.threads, max_frames=args.e2e_frames,
+                                artifacts=chosen)
     if args.overhead:
         from benchmarks.overhead import measure_overhead
         result["overhead"] = measure_overhead(bundle, opts)

@@ -138,3 +138,18 @@ def test_cli_bench_bad_input(tmp_path):
     cli = feredge("bench", "--bundle", tmp_path / "missing")
     assert cli.returncode == 2 and cli.stderr.strip().startswith("feredge bench: error:")
     assert "missing" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+
+
+def test_end_to_end_rows_on_a_test_video(bundle, tmp_path):
+    from benchmarks.e2e import run_e2e
+    from edge.testvideo import make_test_video
+
+    video = tmp_path / "one.mp4"
+    make_test_video(video, faces=1, seconds=2.0, fps=10.0)
+    rows = run_e2e(bundle, video, threads=(1,), max_frames=12, artifacts=["tflite-fp32"], progress=False)
+    assert len(rows) == 1 and "error" not in rows[0], rows
+    row = rows[0]
+    assert row["frames"] == 12 and row["fps"] > 0 and row["first_result_s"] > 0
+    assert set(row["stage_ms"]) == {"capture", "detect", "preprocess", "infer", "smooth", "draw"}
+    assert row["stage_ms"]["draw"] > 0  # the overlay is drawn, as in the demo
+    assert 0.0 <= row["detection_rate"] <= 1.0 and 0.0 <= row["label_accuracy"] <= 1.0
