@@ -237,7 +237,7 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
         h, w, c = source.input_shape
         manifest = {
             "schema": SCHEMA_VERSION,
-            "model": {"name": source.name, "source": str(source.path), "sha256": source.sha256,
+            "model": {"name": source.name, "source": str(source.path.resolve()), "sha256": source.sha256,
                       "parameters": parameters, "macs": macs, "output": source.output,
                       "preprocess_from": source.spec_from},
             "labels": list(source.labels),
@@ -275,14 +275,13 @@ def _gzip_comparison(unpruned: list[dict], pruned: list[dict]) -> dict:
 
 def _tflite_latency(writer: BundleWriter, unpruned: list[dict], pruned: list[dict], x: np.ndarray) -> dict:
     """Single-face, one-thread LiteRT latency of the fp32 artifact before and after structured pruning."""
-    from export.verify import latency_ms
+    from export.latency import artifact_latency_ms
 
     twin = next((a for a in pruned if a["format"] == "tflite" and a["precision"] == "fp32"), None)
     base = next((a for a in unpruned if a["id"] == "tflite-fp32"), None)
     if twin is None or base is None:
         return {}
-    before = latency_ms(writer.path(base["files"][0]), "tflite", "fp32", x)
-    after = latency_ms(writer.path(twin["files"][0]), "tflite", "fp32", x)
+    before, after = artifact_latency_ms([(writer.path(base["files"][0]), {}), (writer.path(twin["files"][0]), {})], x)
     log.info("LiteRT fp32 single-face latency (1 thread): %.3f -> %.3f ms", before, after)
     return {"before": before, "after": after, "runtime": twin["verification"]["runtime"], "threads": 1}
 
@@ -290,6 +289,7 @@ def _tflite_latency(writer: BundleWriter, unpruned: list[dict], pruned: list[dic
 def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: int, seed: int, progress: bool):
     """(pruned Keras model, full report for the manifest, brief dict for each artifact)."""
     from export import pruning
+    from export.latency import keras_latency_ms
     from models.architectures import count_macs
 
     started = time.perf_counter()
@@ -314,8 +314,8 @@ def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: in
             "fraction": request.amount, "notes": notes, "finetune_lr": 3e-4,
             "parameters_before": int(model.count_params()), "parameters_after": int(pruned.count_params()),
             "macs_before": count_macs(model), "macs_after": count_macs(pruned),
-            "latency_ms_before": pruning.keras_latency_ms(model), "latency_ms_after": pruning.keras_latency_ms(pruned),
         })
+        report["latency_ms_before"], report["latency_ms_after"] = keras_latency_ms(model, pruned)
         for note in notes:
             log.info("  %s", note)
         brief = {"method": "structured", "fraction": request.amount, "tag": request.tag,

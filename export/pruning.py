@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import math
 import sys
-import time
 
 import numpy as np
 
@@ -395,19 +394,3 @@ def structured_prune(model, fraction: float):
             new_w = weights  # a layer on frozen channels keeps its weights as they are
         new_layers[layer.name].set_weights(new_w)
     return new, notes
-
-
-def keras_latency_ms(model, runs: int = 50, warmup: int = 5) -> float:
-    """Median batch-1 latency of the Keras model (a compiled tf.function), in milliseconds."""
-    from models.tf_env import tf
-
-    x = tf.zeros((1, *model.input_shape[1:]), tf.float32)
-    fn = tf.function(lambda t: model(t, training=False), autograph=False)
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn(x).numpy()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)

@@ -14,7 +14,6 @@ The precision that actually ran is recorded in every case.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 
@@ -108,20 +107,3 @@ def _judge(record: dict, rule: dict) -> tuple[bool, str | None]:
                        f"points below its Keras source's {record['source_accuracy'] * 100:.2f} % (limit "
                        f"{rule['max_accuracy_drop'] * 100:.1f} points)")
     return True, None
-
-
-def latency_ms(path, fmt: str, precision: str, face: np.ndarray, runs: int = 200, warmup: int = 20) -> float:
-    """Median single-face latency of an artifact at one thread, in milliseconds."""
-    backend = open_artifact(path, threads=1, **backend_options(fmt, precision))
-    try:
-        x = np.ascontiguousarray(face[:1], dtype=np.float32)
-        for _ in range(warmup):
-            backend.predict(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            backend.predict(x)
-            times.append(time.perf_counter() - start)
-    finally:
-        backend.close()
-    return float(np.median(times) * 1000)
