@@ -88,7 +88,7 @@ def load_source(model_path, *, labels=None, add_softmax: bool = False) -> Source
     check_model(model)
     shape = tuple(int(d) for d in model.input_shape[1:])
     if files.spec is not None:
-        spec, spec_from = files.spec, str(Path(files.model).parent / "preprocess.json")
+        spec, spec_from = files.spec, str((Path(files.model).parent / "preprocess.json").resolve())
         if spec.input_shape != shape:
             raise ValueError(f"{spec_from}: the spec is for {spec.height}x{spec.width}x{spec.channels} "
                              f"input but the model takes {shape[0]}x{shape[1]}x{shape[2]}")
