@@ -88,9 +88,9 @@ def artifact_id(fmt: str, precision: str, tag: str | None) -> str:
 
 def _quiet():
     """Silence converters' native stderr chatter (FEREDGE_TF_VERBOSE=1 shows it)."""
-    from models.tf_env import _native_stderr_silenced
+    from models.tf_env import native_stderr_silenced
 
-    return _native_stderr_silenced()
+    return native_stderr_silenced()
 
 
 def keras_predict(model, x: np.ndarray) -> np.ndarray:

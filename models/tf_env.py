@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
+def native_stderr_silenced():
     """TensorFlow's C++ side prints oneDNN/CUDA banners (and a cuInit 'error' on every machine
     without a GPU) straight to file descriptor 2 before its log level applies. Python
     exceptions still propagate; FEREDGE_TF_VERBOSE=1 shows everything."""
@@ -36,10 +36,10 @@ def _native_stderr_silenced():
         os.close(devnull)
 
 
-with _native_stderr_silenced():
+with native_stderr_silenced():
     import tensorflow as tf  # noqa: E402
     import tf_keras as keras  # noqa: E402
 
     tf.config.list_physical_devices()  # device discovery, where the cuInit message comes from
 
-__all__ = ["tf", "keras"]
+__all__ = ["tf", "keras", "native_stderr_silenced"]
