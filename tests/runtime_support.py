@@ -1,10 +1,9 @@
 """Shared helpers for the runtime tests (tests/test_runtime_*.py): a test bundle and test videos.
 
-The bundle is made once per test session from the shipped model (`models/pretrained`), so the
-runtime is tested on a real trained network and real faces. When `export.export_model` exists it
-makes the bundle; until then (and as a fallback) a minimal in-test converter does: TFLite fp32 and
-full int8, ONNX fp32 (tf2onnx) and int8 (onnxruntime QDQ), OpenVINO IR converted from those ONNX
-files. TensorFlow is imported here, in the test process, never by the runtime under test.
+The bundle is made once per test session from the shipped model (`models/pretrained`) by
+`export.export_model` (tflite, onnx, openvino at fp32 and int8), so the runtime is tested on a real
+trained network and real faces. TensorFlow is imported by the exporter in the test process, never
+by the runtime under test.
 
 The bundle is cached under pytest's cache directory, keyed by the model's sha256 and this file's
 source, so re-running the tests locally does not re-convert; CI (a fresh clone) builds it once.
@@ -12,7 +11,6 @@ source, so re-running the tests locally does not re-convert; CI (a fresh clone) 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -67,91 +65,9 @@ def build_test_bundle(cache_dir: Path) -> Path:
 
 
 def _build_bundle(out: Path) -> None:
-    try:
-        from export import export_model  # noqa: F401  (the real exporter, once it has landed)
-    except ImportError:
-        export_model = None
-    if export_model is not None:
-        export_model(MODEL_DIR, out, formats=("tflite", "onnx", "openvino"), precisions=("fp32", "int8"))
-        return
-    _build_bundle_minimal(out)
+    from export import export_model
 
-
-def _build_bundle_minimal(out: Path) -> None:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from models.tf_env import keras, tf
-
-    from edge.preprocess import PreprocessSpec, preprocess
-    from models.run_dir import load_labels
-
-    spec = PreprocessSpec.load(MODEL_DIR / "preprocess.json")
-    labels = load_labels(MODEL_DIR / "labels.json")
-    model = keras.models.load_model(MODEL_DIR / "model.keras", compile=False)
-    faces, _, _ = sample_faces(per_class=20)
-    calib = preprocess(faces, spec)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "openvino").mkdir(parents=True)
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    (tmp / "model.fp32.tflite").write_bytes(converter.convert())
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    (tmp / "model.int8.tflite").write_bytes(converter.convert())
-
-    import tf2onnx
-
-    signature = [tf.TensorSpec([None, *spec.input_shape], tf.float32, name="input")]
-    tf2onnx.convert.from_keras(model, input_signature=signature, opset=17, output_path=str(tmp / "model.fp32.onnx"))
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._rows = iter(calib[i:i + 1] for i in range(len(calib)))
-
-        def get_next(self):
-            row = next(self._rows, None)
-            return None if row is None else {"input": row}
-
-    quantize_static(str(tmp / "model.fp32.onnx"), str(tmp / "model.int8.onnx"), Reader(),
-                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8)
-
-    import openvino as ov
-
-    for precision in ("fp32", "int8"):
-        ov_model = ov.convert_model(str(tmp / f"model.{precision}.onnx"))
-        ov.save_model(ov_model, str(tmp / "openvino" / f"model.{precision}.xml"), compress_to_fp16=False)
-
-    artifacts = []
-    for fmt, precision, files in [
-        ("tflite", "fp32", ["model.fp32.tflite"]), ("tflite", "int8", ["model.int8.tflite"]),
-        ("onnx", "fp32", ["model.fp32.onnx"]), ("onnx", "int8", ["model.int8.onnx"]),
-        ("openvino", "fp32", ["openvino/model.fp32.xml", "openvino/model.fp32.bin"]),
-        ("openvino", "int8", ["openvino/model.int8.xml", "openvino/model.int8.bin"]),
-    ]:
-        from edge.bundle import sha256_file
-
-        artifacts.append({
-            "id": f"{fmt}-{precision}", "format": fmt, "precision": precision, "files": files,
-            "bytes": sum((tmp / f).stat().st_size for f in files),
-            "sha256": {f: sha256_file(tmp / f) for f in files}, "pruning": None, "verification": None,
-        })
-    manifest = {
-        "schema": 1, "model": {"name": "pretrained", "source": "models/pretrained/model.keras"},
-        "labels": list(labels), "input": {"height": spec.height, "width": spec.width, "channels": spec.channels,
-                                          "layout": "NHWC"},
-        "preprocess": spec.to_dict(), "toolchain": {"tensorflow": tf.__version__, "openvino": ov.__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "artifacts": artifacts,
-        "note": "made by tests/runtime_support.py (minimal converter for the runtime tests)",
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out)
+    export_model(MODEL_DIR, out, formats=("tflite", "onnx", "openvino"), precisions=("fp32", "int8"))
 
 
 _videos: dict[int, tuple[Path, dict]] = {}
