@@ -5,8 +5,8 @@ The bundle is made once per test session from the shipped model (`models/pretrai
 trained network and real faces. TensorFlow is imported by the exporter in the test process, never
 by the runtime under test.
 
-The bundle is cached under pytest's cache directory, keyed by the model's sha256 and this file's
-source, so re-running the tests locally does not re-convert; CI (a fresh clone) builds it once.
+The bundle is cached under pytest's cache directory, keyed by the model's sha256, this file and the
+exporter's sources, so re-running the tests locally does not re-convert; CI (a fresh clone) builds it once.
 """
 from __future__ import annotations
 
@@ -52,7 +52,10 @@ def build_test_bundle(cache_dir: Path) -> Path:
     global _bundle_path
     if _bundle_path is not None and (_bundle_path / "manifest.json").is_file():
         return _bundle_path
-    key = hashlib.sha256((MODEL_DIR / "model.keras").read_bytes() + Path(__file__).read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256((MODEL_DIR / "model.keras").read_bytes() + Path(__file__).read_bytes())
+    for source in sorted((REPO / "export").glob("*.py")):  # a changed exporter makes a new bundle
+        digest.update(source.read_bytes())
+    key = digest.hexdigest()[:16]
     out = Path(cache_dir) / f"bundle-{key}"
     if not (out / "manifest.json").is_file():
         if out.exists():
