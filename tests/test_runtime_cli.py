@@ -120,11 +120,22 @@ def test_no_display_without_headless_says_what_to_do(bundle):
     assert result.returncode == 2 and "--headless" in result.stderr and "--serve" in result.stderr
 
 
-def test_missing_shipped_bundle_points_to_export():
-    if (DEFAULT_BUNDLE / "manifest.json").is_file():
-        pytest.skip("the shipped bundle exists")
-    result = feredge("run", "--headless", "--max-frames", 1)
-    assert result.returncode == 2 and "feredge export" in result.stderr
+def test_no_arguments_but_headless_runs_the_shipped_bundle_on_the_sample():
+    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
+        pytest.skip("no shipped bundle in this checkout")
+    result = feredge("run", "--headless", "--max-frames", 3)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line["frame"] for line in _json_lines(result.stdout)] == [0, 1, 2]
+
+
+def test_missing_shipped_bundle_points_to_export(monkeypatch, tmp_path, capsys):
+    import edge.run_cli
+    from edge.cli import main
+
+    monkeypatch.setattr(edge.run_cli, "DEFAULT_BUNDLE", tmp_path / "bundle")
+    assert main(["run", "--headless", "--max-frames", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "feredge export" in err[0] and str(tmp_path / "bundle") in err[0]
 
 
 def test_camera_lost_after_retries_is_exit_2(bundle, monkeypatch, capsys):
