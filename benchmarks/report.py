@@ -96,21 +96,34 @@ def device_lines(device: dict) -> list[str]:
 
 
 def plot_latency_accuracy(records: list[dict], path: str | Path, title: str = "latency against accuracy") -> None:
+    from matplotlib.ticker import ScalarFormatter
+
     from benchmarks.plots import _new_figure
 
     points = [r for r in records if r["status"] == "ok" and r.get("accuracy") is not None]
-    fig = _new_figure((8, 5.5))
+    fig = _new_figure((8.5, 5.5))
     ax = fig.add_subplot()
-    markers = {"tflite": "o", "onnx": "s", "openvino": "^"}
-    for r in points:
-        label = f"{r['artifact']} t{r['threads']}" + (f" [{r['device_label']}]" if r.get("device_label") else "")
-        ax.scatter(r["p50_ms"], 100 * r["accuracy"], marker=markers.get(r["format"], "x"), s=60)
-        ax.annotate(label, (r["p50_ms"], 100 * r["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    colours = {"tflite": "tab:blue", "onnx": "tab:orange", "openvino": "tab:green"}
+    markers = {"fp32": "o", "fp16": "s", "dynamic": "D", "int8": "^"}
+    seen = set()
+    for i, r in enumerate(sorted(points, key=lambda r: (r["p50_ms"], r["accuracy"]))):
+        legend = f"{r['format']} {r['precision']}"
+        ax.scatter(r["p50_ms"], 100 * r["accuracy"], color=colours.get(r["format"], "tab:gray"),
+                   marker=markers.get(r["precision"], "x"), s=45 + 25 * (r["threads"] - 1),
+                   label=None if legend in seen else legend, alpha=0.85)
+        seen.add(legend)
+        text = f"t{r['threads']}" + (f" {r['device_label']}" if r.get("device_label") else "")
+        ax.annotate(text, (r["p50_ms"], 100 * r["accuracy"]), fontsize=7, textcoords="offset points",
+                    xytext=(5, 6 if i % 2 else -10))
     ax.set_xscale("log")
-    ax.set_xlabel("p50 latency per inference (ms, log scale)")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("p50 latency per inference, ms (log scale; t = threads)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save_png(fig, path)
 
 
@@ -146,8 +159,9 @@ def write_reports(result: dict, out_dir: str | Path, stem: str = "bench") -> dic
     write_text_atomic(written["json"], json.dumps(result, indent=2) + "\n")
     write_text_atomic(written["csv"], to_csv(result["records"]))
     try:
-        plot_latency_accuracy(result["records"], out / f"{stem}_latency_accuracy.png")
-        written["latency_plot"] = out / f"{stem}_latency_accuracy.png"
+        if any(r.get("accuracy") is not None for r in result["records"]):
+            plot_latency_accuracy(result["records"], out / f"{stem}_latency_accuracy.png")
+            written["latency_plot"] = out / f"{stem}_latency_accuracy.png"
         if result.get("e2e"):
             plot_stage_bars(result["e2e"], out / f"{stem}_stages.png")
             written["stage_plot"] = out / f"{stem}_stages.png"
@@ -183,13 +197,22 @@ def markdown_report(result: dict, files: dict) -> str:
 
 def format_e2e_markdown(rows: list[dict]) -> str:
     stages = list(dict.fromkeys(s for row in rows for s in row["stage_ms"]))
-    out = ["| run | frames | FPS | " + " | ".join(f"{s} ms" for s in stages) + " | detection rate | label accuracy |",
-           "|---|---:|---:|" + "---:|" * len(stages) + "---:|---:|"]
+    out = ["| run | frames | FPS | " + " | ".join(f"{s} ms" for s in stages)
+           + " | first result s | peak MB | detection rate | label accuracy |",
+           "|---|---:|---:|" + "---:|" * len(stages) + "---:|---:|---:|---:|"]
     for row in rows:
+        if row.get("error"):
+            out.append(f"| {row['label']} | error: {row['error']} |")
+            continue
         out.append(f"| {row['label']} | {row['frames']} | {row['fps']:.1f} | "
                    + " | ".join(f"{row['stage_ms'].get(s, 0.0):.2f}" for s in stages)
+                   + f" | {_num(row.get('first_result_s'), '.2f')} | {_num(row.get('peak_rss_mb'), '.0f')}"
                    + f" | {_pct(row.get('detection_rate'))} | {_pct(row.get('label_accuracy'))} |")
     return "\n".join(out)
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def _pct(value) -> str:

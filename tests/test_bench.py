@@ -12,14 +12,14 @@ from benchmarks.merge import merge_results
 from benchmarks.recommend import RECOMMENDATION_FILE, apply_gate, recommend
 from benchmarks.report import format_table, to_csv, write_reports
 from edge.bundle import Bundle, sha256_file
-from tests.runtime_support import SAMPLE_DIR, build_test_bundle, feredge
+from runtime_support import SAMPLE_DIR, build_test_bundle, feredge
 
 QUICK = dict(warmup_s=0.02, min_s=0.05, min_runs=5)
 
 
 @pytest.fixture(scope="module")
 def bundle(request, tmp_path_factory):
-    built = build_test_bundle(request.config.cache.mkdir("feredge-test-bundle"))
+    built = build_test_bundle(request.config.cache.mkdir("feredge-runtime"))
     copy = tmp_path_factory.mktemp("bench") / "bundle"
     shutil.copytree(built, copy)  # the harness writes recommendation.json into the bundle
     return copy

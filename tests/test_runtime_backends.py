@@ -96,3 +96,12 @@ def test_unknown_or_missing_backend_is_a_clear_error(bundle):
         choose(bundle, "tensorrt")
     with pytest.raises(ValueError, match="no artifact"):
         choose(bundle, "tflite", precision="fp16")
+
+
+def test_read_only_input_is_accepted(bundle):
+    """Faces from a memory-mapped .npy are read-only; every backend must still take them."""
+    x = np.random.default_rng(0).random((3, *bundle.spec.input_shape), dtype=np.float32)
+    x.flags.writeable = False
+    for fmt in INSTALLED:
+        assert _open(bundle, fmt, "fp32").predict(x).shape == (3, len(bundle.labels))
+        assert _open(bundle, fmt, "fp32").predict(x[:1]).shape == (1, len(bundle.labels))

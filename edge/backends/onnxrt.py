@@ -35,6 +35,9 @@ class OnnxBackend(Backend):
         if threads:
             options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        # Idle worker threads spin by default, taking the CPU from face detection between
+        # inferences (measured: detection 27 -> 36 ms per frame at 2 threads on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         chosen = choose_providers(providers, ort.get_available_providers())
         try:

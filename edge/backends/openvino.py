@@ -77,6 +77,8 @@ class OpenVINOBackend(Backend):
         if key not in self._requests:
             self._requests[key] = self._compile(key)
         request = self._requests[key]
+        if not batch.flags.writeable:  # OpenVINO shares only writeable memory (a memory-mapped file is not)
+            batch = batch.copy()
         request.set_input_tensor(ov.Tensor(batch, shared_memory=True))
         request.infer()
         return np.array(request.get_output_tensor().data, dtype=np.float32)
