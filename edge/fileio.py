@@ -30,3 +30,21 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_image(path: str | Path, flag: int | None = None):
+    """Decode an image file with OpenCV, or None if it is empty or not an image.
+
+    Read as bytes first so non-ASCII paths work on every OS (cv2.imread fails on them on Windows).
+    flag: a cv2.IMREAD_* constant (default IMREAD_UNCHANGED).
+    """
+    import cv2
+    import numpy as np
+
+    try:
+        data = np.fromfile(str(path), np.uint8)
+        if not data.size:
+            return None
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED if flag is None else flag)
+    except (OSError, cv2.error):
+        return None

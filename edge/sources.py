@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.fileio import read_image
+
 log = logging.getLogger("feredge.source")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
@@ -102,14 +104,6 @@ class FrameSource:
 # Files
 
 
-def _imread(path: Path) -> np.ndarray | None:
-    try:
-        data = np.fromfile(str(path), np.uint8)  # works for non-ASCII paths too
-    except OSError:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-
-
 def _as_uint8_image(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
@@ -153,7 +147,7 @@ class ImageSource(FrameSource):
                 self._next = 0
             path = self.files[self._next]
             self._next += 1
-            img = _imread(path)
+            img = read_image(path)
             if img is None or img.size == 0:
                 log.warning("%s: not a readable image, skipped", path)
                 continue

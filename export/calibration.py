@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.fileio import read_image
 from edge.labels import canonical_label
 from edge.preprocess import PreprocessSpec, preprocess
 from models.datasets import LabelledImages, load_dataset, stratified_split
@@ -92,7 +93,7 @@ def load_calibration(folder, spec: PreprocessSpec, count: int, *, seed: int = 0,
     images, bad = [], 0
     bar = _bar(progress, min(count, len(candidates)), f"calibration images ({folder.name})")
     for i in order:
-        img = _imread(candidates[i], flag)
+        img = read_image(candidates[i], flag)
         if img is None:
             bad += 1
             continue
@@ -110,14 +111,6 @@ def load_calibration(folder, spec: PreprocessSpec, count: int, *, seed: int = 0,
     if len(images) < count:
         log.warning("%s: only %d calibration images (asked for %d)", folder, len(images), count)
     return ImageSet(preprocess(images, spec), None, str(folder))
-
-
-def _imread(path: str, flag: int) -> np.ndarray | None:
-    try:
-        buf = np.fromfile(path, np.uint8)
-        return cv2.imdecode(buf, flag) if buf.size else None
-    except (OSError, cv2.error):
-        return None
 
 
 def _bar(enabled: bool, total: int, desc: str):

@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.fileio import read_image
 from edge.labels import FER2013_CSV_ORDER, FER2013_LABELS, NON_FER_CLASSES, canonical_label
 
 log = logging.getLogger("feredge.data")
@@ -252,7 +253,7 @@ def _load_folders(folder: Path, class_dirs, loose, skips: _Skips, keep_native: b
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
     images, labels, sources = [], [], []
     for path, label in _progress(jobs, progress and len(jobs) >= _PROGRESS_MIN, folder.name, len(jobs)):
-        img = _imread(path, flag)
+        img = read_image(path, flag)
         if img is None:
             skips.bad("unreadable image", path, "not a readable image (corrupt, or not an image file)")
             continue
@@ -268,15 +269,6 @@ def _load_folders(folder: Path, class_dirs, loose, skips: _Skips, keep_native: b
     shape = (0, *(size or (0, 0))) + ((3,) if color else ())
     return LabelledImages(np.stack(images) if images else np.zeros(shape, np.uint8),
                           np.array(labels, np.int64), classes, sources, dict(skips.counts))
-
-
-def _imread(path: str, flag: int) -> np.ndarray | None:
-    """cv2.imread, but via bytes so non-ASCII paths work on Windows too; None if undecodable."""
-    try:
-        buf = np.fromfile(path, np.uint8)
-        return cv2.imdecode(buf, flag) if buf.size else None
-    except (OSError, cv2.error):
-        return None
 
 
 # --- FER-2013 CSV ----------------------------------------------------------------------------
