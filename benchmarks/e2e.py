@@ -27,9 +27,9 @@ class _DrawOnly:
 
 def e2e_job(job: dict) -> dict:
     started = time.perf_counter()
-    from benchmarks.worker import _status_mb
     from edge import run_cli
     from edge.bundle import Bundle
+    from edge.device import memory_mb
     from edge.detect import parse_detector
     from edge.pipeline import Pipeline
     from edge.smoothing import parse_smoother
@@ -55,7 +55,7 @@ def e2e_job(job: dict) -> dict:
     with open_source(job["video"]) as source:
         summary = pipeline.run(source, [_DrawOnly()], max_frames=job.get("max_frames"), on_result=keep)
     out = {"frames": summary.frames, "faces": summary.faces, "fps": summary.fps, "stage_ms": summary.stage_ms_mean,
-           "first_result_s": first[0] if first else None, "peak_rss_mb": _status_mb("VmHWM"),
+           "first_result_s": first[0] if first else None, "peak_rss_mb": memory_mb(),
            "precision_ran": backend.precision, "runtime": backend.runtime}
     truth_file = Path(job["video"]).with_name(Path(job["video"]).stem + ".truth.json")
     if truth_file.is_file():

@@ -7,29 +7,12 @@ so each row's peak memory is that runtime's own. Usage (by the harness):
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-
-def _status_mb(field: str) -> float:
-    """A memory figure of this process from /proc/self/status (VmRSS now, VmHWM its peak).
-
-    Not getrusage's ru_maxrss: Linux carries that across fork+exec, so a worker started by a
-    parent holding TensorFlow would report the parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    if field == "VmHWM":  # not Linux: the best the OS offers
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-    return float("nan")
+from edge.device import memory_mb
 
 
 def measure(job: dict) -> dict:
@@ -42,7 +25,7 @@ def measure(job: dict) -> dict:
     import importlib
     importlib.import_module({"tflite": "edge.backends.tflite", "onnx": "edge.backends.onnxrt",
                              "openvino": "edge.backends.openvino"}[format_of(path)])
-    baseline = _status_mb("VmRSS")
+    baseline = memory_mb("VmRSS")
     t0 = time.perf_counter()
     backend = open_artifact(path, threads=job.get("threads"), **options)
     load_ms = (time.perf_counter() - t0) * 1e3
@@ -60,8 +43,8 @@ def measure(job: dict) -> dict:
         "load_ms": load_ms,
         "first_inference_ms": first_ms,
         "latency": summarize(times, batch),
-        "peak_rss_mb": _status_mb("VmHWM"),
-        "model_rss_mb": _status_mb("VmRSS") - baseline,
+        "peak_rss_mb": memory_mb("VmHWM"),
+        "model_rss_mb": memory_mb("VmRSS") - baseline,
     }
     if job.get("data"):
         data = np.load(job["data"], mmap_mode="r")

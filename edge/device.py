@@ -109,3 +109,24 @@ def camera_facts() -> dict:
     return {"v4l2_devices": devices,
             "picamera2": importlib.util.find_spec("picamera2") is not None,
             "display": bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))}
+
+
+def memory_mb(field: str = "VmHWM") -> float:
+    """This process's memory from /proc/self/status: VmHWM (peak resident) or VmRSS (now).
+
+    Not getrusage's ru_maxrss for the peak: Linux carries that across fork+exec, so a process
+    started by a large parent (a test runner holding TensorFlow, the benchmark harness) would
+    report the parent's peak. Elsewhere, ru_maxrss is the best the OS offers.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    if field != "VmHWM":
+        return float("nan")
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

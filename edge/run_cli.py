@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import signal
 import sys
 import time
 from pathlib import Path
 
+from edge.device import memory_mb
 from edge.paths import DEFAULT_BUNDLE, SAMPLE_DIR
 
 log = logging.getLogger("feredge.run")
@@ -87,11 +87,6 @@ def process_age_s() -> float | None:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
-
-
-def peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def _parse_scale(text: str):
@@ -244,6 +239,6 @@ def _print_stats(summary, load_s: float, backend, choice, first_age: float | Non
         stages = ", ".join(f"{k} {v:.2f}" for k, v in summary.stage_ms_mean.items())
         lines.append(f"stats: {summary.frames} frames in {summary.seconds:.2f} s = {summary.fps:.1f} FPS; "
                      f"mean ms per frame: {stages}")
-    lines.append(f"stats: peak memory (max RSS) {peak_rss_mb():.0f} MB")
+    lines.append(f"stats: peak memory (peak RSS) {memory_mb():.0f} MB")
     for line in lines:
         print(line, file=sys.stderr)
