@@ -59,7 +59,7 @@ def load_labelled(bundle: Bundle, data: str | None, split: str | None):
     """Preprocessed faces and labels in the bundle's class order, plus a name for the set."""
     from models.datasets import load_dataset
     from models.evaluate import labels_in_model_order
-    from models.run_dir import SAMPLE_DIR
+    from edge.paths import SAMPLE_DIR
 
     source = Path(data) if data else SAMPLE_DIR
     if split is None and (source.suffix.lower() == ".csv" or (source / "test").is_dir()):

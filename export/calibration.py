@@ -20,7 +20,7 @@ from edge.fileio import read_image
 from edge.labels import canonical_label
 from edge.preprocess import PreprocessSpec, preprocess
 from models.datasets import LabelledImages, load_dataset, stratified_split
-from models.run_dir import SAMPLE_DIR
+from edge.paths import SAMPLE_DIR
 
 log = logging.getLogger("feredge.export")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import SCHEMA_VERSION, Bundle, sha256_file
+from edge.paths import SAMPLE_DIR
 from export import onnx as onnx_export
 from export import openvino as ov_export
 from export import tflite as tflite_export
@@ -29,7 +30,7 @@ from export.calibration import list_calibration_files, load_calibration, labelle
 from export.pruning import PruneRequest, parse_prune
 from export.summary import format_summary, toolchain_versions
 from export.verify import Reference, accuracy, verify
-from models.run_dir import SAMPLE_DIR, locate_model
+from models.run_dir import locate_model
 
 log = logging.getLogger("feredge.export")
 

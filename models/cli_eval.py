@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmarks.metrics import format_confusion, format_report
     from models.evaluate import evaluate_path
-    from models.run_dir import PRETRAINED_DIR, SAMPLE_DIR
+    from edge.paths import PRETRAINED_DIR, SAMPLE_DIR
 
     model = args.model or PRETRAINED_DIR
     data = args.data or SAMPLE_DIR

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         report = resume(out, epochs=args.epochs)
     else:
-        from models.run_dir import SAMPLE_DIR
+        from edge.paths import SAMPLE_DIR
         data, split, val = args.data, (None if args.train_split == "none" else args.train_split), args.val
         if data is None:  # the shipped sample is one class-folder set: hold a part of it out
             data, split, val = str(SAMPLE_DIR), None, "split:0.2" if args.val == "test" else args.val

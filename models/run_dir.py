@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from edge.fileio import write_text_atomic
-from edge.paths import PRETRAINED_DIR, SAMPLE_DIR  # noqa: F401  (re-exported for the model commands)
 from edge.preprocess import PreprocessSpec
 
 MODEL_FILE = "model.keras"
