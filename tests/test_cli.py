@@ -106,3 +106,18 @@ def test_eval_without_arguments_uses_the_shipped_model_and_sample():
     report = json.loads(result.stdout)
     assert report["num_samples"] == 350 and "pretrained" in report["model"]
     assert report["accuracy"] > 0.4  # a trained model on real faces; chance is 1/7
+
+
+def test_model_card_is_written_from_measured_figures(trained_run, synthetic_dataset, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "models.model_card", str(trained_run), "--data",
+                             str(synthetic_dataset), "--out", str(tmp_path / "shipped")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shipped = tmp_path / "shipped"
+    metrics = json.loads((shipped / "metrics.json").read_text())
+    card = (shipped / "MODEL_CARD.md").read_text()
+    assert f"{100 * metrics['accuracy']:.2f} %" in card and "106,503 parameters" in card
+    assert "--arch seed001" in card and "Known limitations" in card and "| disgust |" in card
+    for name in ("model.keras", "preprocess.json", "labels.json", "confusion.png", "history.png"):
+        assert (shipped / name).is_file(), name

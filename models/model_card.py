@@ -1,0 +1,141 @@
+"""Ship a trained run as the kit's default model and write its MODEL_CARD.md from measured figures.
+
+    python -m models.model_card runs/edge --data path/to/fer2013 --compare comparison.json
+
+copies model.keras, preprocess.json and labels.json into models/pretrained/, evaluates the model
+on the data's test split, copies the confusion matrix and training curves beside it, and writes
+MODEL_CARD.md: every number in the card comes from this evaluation, the run's own history and
+config, or the `feredge compare` records given with --compare.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from edge.fileio import write_text_atomic
+from edge.paths import PRETRAINED_DIR
+
+LIMITATIONS = """\
+- **Label noise and duplicates.** FER-2013 was collected by image search and labelled quickly;
+  about 1,500 groups of byte-identical images exist, some across train and test, a few with
+  conflicting labels. Human accuracy on it is often quoted near 65 %; the test figures here
+  include those errors.
+- **Demographic bias.** The faces come from web searches; age, skin tone and gender are not
+  balanced and were not audited here. Expect uneven accuracy across groups.
+- **Posed versus spontaneous.** Many images are posed or exaggerated expressions; subtle,
+  spontaneous expressions in front of a camera are harder, and a single frame is ambiguous
+  (the runtime smooths over frames for that reason).
+- **Input assumptions.** A roughly frontal face, cropped by a face detector with the margin in
+  `preprocess.json`, 48x48 grayscale. Profile views, occlusion (masks, hands), strong
+  backlight and very small faces degrade it; `disgust` is rare in training and recalled poorly.
+"""
+
+USES = """\
+**Intended:** research, teaching and prototyping of on-device expression recognition; aggregate,
+consented, non-identifying measurements (for example how a demo audience reacts over time);
+benchmarking edge runtimes.
+
+**Not intended:** decisions about individuals (hiring, policing, education, health, credit),
+inferring emotions or mental states as facts, surveillance, or any use without the informed
+consent of the people filmed. Facial expressions are not reliable readouts of inner states.
+"""
+
+
+def card_text(run: Path, report: dict, config: dict, history: dict, params: int, macs: int,
+              comparison: list[dict] | None, data: str) -> str:
+    from models.architectures import ARCHITECTURES
+    from models.compare import format_markdown
+
+    seconds = history.get("seconds", [])
+    cmd = _train_command(config)
+    per_class = "\n".join(
+        f"| {label} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+        for label, v in report["per_class"].items())
+    lines = [
+        f"# Model card: `{config.get('arch', 'model')}`", "",
+        f"The default model of feredge: {params:,} parameters, {macs / 1e6:.1f} M multiply-accumulates "
+        f"per 48x48 face, **{100 * report['accuracy']:.2f} % accuracy and {report['macro_f1']:.4f} macro-F1** "
+        f"on the {report['num_samples']:,} FER-2013 PublicTest faces.", "",
+        "## Architecture", "",
+        " ".join((ARCHITECTURES[config["arch"]].__doc__ or "").split())
+        + f" Defined in `models/architectures.py` (`{config['arch']}`).", "",
+        "## Training", "",
+        f"Data: the `{config.get('train_split')}` split of `{config.get('data')}`; validation: "
+        f"`{config.get('val')}`; nothing else.", "",
+        "```bash", cmd, "```", "",
+        f"Recipe: Adam (peak learning rate {config.get('lr')}, {config.get('lr_schedule')} schedule, "
+        f"{config.get('warmup_epochs')} warm-up epochs), cross-entropy with label smoothing "
+        f"{config.get('label_smoothing')}, class weights `{config.get('class_weights')}`, batch "
+        f"{config.get('batch_size')}, augmentation preset `{config.get('augment')}` (see models/augment.py), "
+        f"equalisation `{config.get('equalize')}`, normalisation `{config.get('normalize')}`, seed "
+        f"{config.get('seed')}. Trained {len(seconds)} epochs"
+        + (f" ({statistics.median(seconds):.0f} s per epoch on 2 CPU cores, {sum(seconds) / 3600:.1f} h in all)"
+           if seconds else "") + f"; the best epoch ({report.get('best_epoch', '?')}) is shipped.", "",
+        "![training curves](history.png)", "",
+        "## Evaluation", "",
+        f"On {data}: accuracy {100 * report['accuracy']:.2f} %, macro-F1 {report['macro_f1']:.4f}, "
+        f"weighted F1 {report['weighted_f1']:.4f}. Reproduce: `feredge eval --data {data}`.", "",
+        "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|", per_class, "",
+        "![confusion matrix](confusion.png)", "",
+    ]
+    if comparison:
+        lines += ["## Comparison with the seed networks", "",
+                  "Same data, same test split, measured on this 2-core x86 machine "
+                  "(`feredge compare RUN... --data DATA`):", "", format_markdown(comparison)]
+    lines += ["## Known limitations", "", LIMITATIONS, "## Intended and unintended uses", "", USES]
+    return "\n".join(lines)
+
+
+def _train_command(config: dict) -> str:
+    parts = ["feredge train", f"--data {config.get('data')}", f"--arch {config.get('arch')}",
+             f"--out runs/{config.get('arch')}"]
+    defaults = {"epochs": 60, "batch_size": 64, "lr": 1e-3, "lr_schedule": "cosine", "warmup_epochs": 0,
+                "patience": 15, "label_smoothing": 0.0, "class_weights": "none", "augment": "standard",
+                "equalize": "none", "normalize": "unit", "seed": 1234}
+    for key, default in defaults.items():
+        if config.get(key) is not None and config.get(key) != default:
+            parts.append(f"--{key.replace('_', '-')} {config[key]}")
+    return " ".join(parts)
+
+
+def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Path = PRETRAINED_DIR) -> dict:
+    from models.architectures import count_macs
+    from models.evaluate import evaluate_path
+    from models.tf_env import keras
+
+    run = Path(run)
+    report = evaluate_path(run, data, "test", out_dir=run / "test-eval")
+    config = json.loads((run / "config.json").read_text())
+    history = json.loads((run / "history.json").read_text())
+    state = run / "checkpoint" / "state.json"
+    if state.exists():
+        report["best_epoch"] = json.loads(state.read_text()).get("best_epoch")
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    comparison = json.loads(Path(comparison_file).read_text()) if comparison_file else None
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("model.keras", "preprocess.json", "labels.json", "history.png"):
+        shutil.copy2(run / name, out / name)
+    shutil.copy2(run / "test-eval" / "confusion.png", out / "confusion.png")
+    write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    text = card_text(run, report, config, history, model.count_params(), count_macs(model), comparison, data)
+    write_text_atomic(out / "MODEL_CARD.md", text)
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.model_card", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="the run directory to ship")
+    p.add_argument("--data", required=True, help="FER-2013 with a test split (folder or CSV)")
+    p.add_argument("--compare", help="records written by 'feredge compare ... --out FILE' (its .json)")
+    p.add_argument("--out", default=str(PRETRAINED_DIR), help="where the shipped model lives")
+    args = p.parse_args(argv)
+    report = ship(args.run, args.data, args.compare, Path(args.out))
+    print(f"shipped {args.run} to {args.out}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
