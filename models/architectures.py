@@ -48,7 +48,7 @@ def seed001(input_shape, num_classes):
         layers.MaxPooling2D(),
         layers.Flatten(),
         layers.Dense(128, activation="relu"),
-        layers.Dense(num_classes, activation="softmax"),
+        layers.Dense(num_classes, activation="softmax", dtype="float32"),
     ], name="seed001")
 
 
@@ -63,7 +63,7 @@ def seed002(input_shape, num_classes):
         layers.MaxPooling2D(),
         layers.Flatten(),
         layers.Dense(128, activation="relu"),
-        layers.Dense(num_classes, activation="softmax"),
+        layers.Dense(num_classes, activation="softmax", dtype="float32"),
     ], name="seed002")
 
 
@@ -82,7 +82,7 @@ def seed003(input_shape, num_classes):
         layers.Dropout(0.4),
         layers.Flatten(),
         layers.Dense(128, activation="relu"),
-        layers.Dense(num_classes, activation="softmax"),
+        layers.Dense(num_classes, activation="softmax", dtype="float32"),
     ], name="seed003")
 
 
@@ -112,7 +112,7 @@ def seed000(input_shape, num_classes):
         x = layers.BatchNormalization(name=f"fc{i}_bn")(x)
         x = layers.ReLU(name=f"fc{i}_relu")(x)
         x = layers.Dropout(0.5, name=f"fc{i}_drop")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="predictions", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="seed000")
 
 
@@ -141,7 +141,7 @@ def edge(input_shape, num_classes):
     x = layers.Dropout(0.5, name="head_drop")(x)
     x = layers.Dense(256, activation="relu", name="head_fc")(x)
     x = layers.Dropout(0.3, name="head_drop2")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="predictions", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="edge")
 
 

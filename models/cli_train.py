@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit", type=int, help="train on a stratified subset of this many images")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or malformed images")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="compute in bfloat16 with float32 weights (1.4-1.7x faster on CPUs with AVX512-BF16/AMX); "
+                        "the saved model is float32")
 
 
 def run(args: argparse.Namespace) -> int:

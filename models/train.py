@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 1234
     limit: int | None = None  # train on at most this many images (quick experiments, tests)
     skip_bad: bool = False
+    mixed_precision: bool = False  # bf16 compute, float32 weights (AVX512-BF16/AMX CPUs); saves float32
 
     def validate(self) -> None:
         if self.lr_schedule not in ("cosine", "plateau", "constant"):
@@ -164,15 +165,36 @@ def _checkpoint_dir(run: Path) -> Path | None:
     return None
 
 
-def _save_model_atomic(model, path: Path) -> None:
-    """Save weights and architecture without the optimizer (a third of the size) atomically."""
+def _save_model_atomic(model, path: Path, float32_twin=None) -> None:
+    """Save weights and architecture without the optimizer (a third of the size) atomically.
+
+    A mixed-precision model is saved as its float32 twin (same layers, float32 compute), so that
+    export, evaluation and the devices never see bf16 layers."""
     from models.tf_env import keras
 
-    bare = keras.models.clone_model(model)
+    bare = float32_twin() if float32_twin else keras.models.clone_model(model)
     bare.set_weights(model.get_weights())
     tmp = path.with_name(".tmp." + path.name)
     bare.save(tmp)
     tmp.replace(path)
+
+
+def _float32_builder(cfg: "TrainConfig", spec: PreprocessSpec, num_classes: int):
+    """A function building the run's network with float32 compute, or None when it already is."""
+    if not cfg.mixed_precision:
+        return None
+
+    def build():
+        from models.architectures import build_model
+        from models.tf_env import keras
+
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")
+        try:
+            return build_model(cfg.arch, input_shape=spec.input_shape, num_classes=num_classes)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+    return build
 
 
 def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = None) -> dict:
@@ -208,6 +230,7 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
     cfg.validate()
     run.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.mixed_precision else "float32")
 
     train_set, val_set = _load_splits(cfg)
     classes = train_set.classes
@@ -271,22 +294,24 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
         for key, value in metrics.items():
             state.history.setdefault(key, []).append(value)
         state.epochs_done = epoch + 1
-        _track_progress(cfg, state, metrics, epoch, model, run)
+        _track_progress(cfg, state, metrics, epoch, model, run, spec)
         _save_checkpoint(run, model, state)
         write_text_atomic(run / "history.json", json.dumps(state.history, indent=1) + "\n")
         log.info("epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f (best %.4f @ %d) %.0f s",
                  epoch + 1, cfg.epochs, metrics["loss"], metrics["accuracy"], metrics["val_loss"],
                  metrics["val_accuracy"], state.best_val_accuracy, state.best_epoch, seconds)
 
+    keras.mixed_precision.set_global_policy("float32")  # the saved model and anything after run in float32
     return finish_run(run, val_set, spec, classes, state)
 
 
-def _track_progress(cfg: TrainConfig, state: TrainState, metrics: dict, epoch: int, model, run: Path) -> None:
+def _track_progress(cfg: TrainConfig, state: TrainState, metrics: dict, epoch: int, model, run: Path,
+                    spec: PreprocessSpec) -> None:
     if metrics["val_accuracy"] > state.best_val_accuracy:
         state.best_val_accuracy = metrics["val_accuracy"]
         state.best_epoch = epoch + 1
         state.epochs_without_improvement = 0
-        _save_model_atomic(model, run / MODEL_FILE)
+        _save_model_atomic(model, run / MODEL_FILE, _float32_builder(cfg, spec, model.output_shape[-1]))
     else:
         state.epochs_without_improvement += 1
         if cfg.patience and state.epochs_without_improvement >= cfg.patience:

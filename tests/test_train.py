@@ -98,3 +98,15 @@ def test_learning_rate_schedules():
     assert all(a >= b for a, b in zip(rates[2:], rates[3:])) and rates[-1] > 1e-5
     plateau = TrainConfig(data="x", lr_schedule="plateau")
     assert learning_rate(plateau, 5, TrainState(lr=2.5e-4)) == 2.5e-4
+
+
+def test_mixed_precision_run_saves_a_float32_model(synthetic_dataset, tmp_path):
+    from models.tf_env import keras
+
+    report = train(_config(synthetic_dataset, tmp_path / "run", epochs=3, mixed_precision=True), verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever runs next
+    assert report["accuracy"] > 0.5
+    saved = keras.models.load_model(tmp_path / "run" / "model.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    trained = keras.models.load_model(tmp_path / "run" / "checkpoint" / "last.keras", compile=False)
+    assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in trained.layers}
