@@ -41,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixed-precision", action="store_true",
                    help="compute in bfloat16 with float32 weights (1.4-1.7x faster on CPUs with AVX512-BF16/AMX); "
                         "the saved model is float32")
+    p.add_argument("--teacher", dest="teachers", action="append", metavar="RUN",
+                   help="distil from this trained run's soft labels (repeat to average several teachers)")
+    p.add_argument("--distill-alpha", type=float, default=d.distill_alpha,
+                   help="weight of the teachers' distribution against the true label (default: %(default)s)")
+    p.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
+                   help="softens the teachers' distribution (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,6 +56,9 @@ class TrainConfig:
     limit: int | None = None  # train on at most this many images (quick experiments, tests)
     skip_bad: bool = False
     mixed_precision: bool = False  # bf16 compute, float32 weights (AVX512-BF16/AMX CPUs); saves float32
+    teachers: list[str] | None = None  # trained runs whose soft labels the student learns from
+    distill_alpha: float = 0.5  # weight of the teachers' distribution in the target
+    distill_temperature: float = 2.0
 
     def validate(self) -> None:
         if self.lr_schedule not in ("cosine", "plateau", "constant"):
@@ -68,6 +71,8 @@ class TrainConfig:
             raise ValueError("--epochs and --batch-size must be positive")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError("--label-smoothing must be in [0, 1)")
+        if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
+            raise ValueError("--distill-alpha must be in [0, 1] and --distill-temperature positive")
 
 
 @dataclasses.dataclass
@@ -111,17 +116,37 @@ def class_weight_vector(labels: np.ndarray, num_classes: int, mode: str) -> np.n
 
 
 def epoch_batches(data: LabelledImages, spec: PreprocessSpec, cfg: TrainConfig, epoch: int,
-                  sample_weights: np.ndarray):
-    """Yield (x, y_onehot, weight) batches for one epoch, drawn from (seed, epoch) alone."""
+                  sample_weights: np.ndarray, targets: np.ndarray):
+    """Yield (x, target distribution, weight) batches for one epoch, drawn from (seed, epoch) alone."""
     rng = np.random.default_rng([cfg.seed, epoch])
     order = rng.permutation(len(data))
     aug = PRESETS[cfg.augment]
-    eye = np.eye(len(data.classes), dtype=np.float32)
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start:start + cfg.batch_size]
         x = preprocess(augment_batch(data.images[idx], aug, rng), spec)
-        labels = data.labels[idx]
-        yield x, eye[labels], sample_weights[labels]
+        yield x, targets[idx], sample_weights[data.labels[idx]]
+
+
+def training_targets(cfg: TrainConfig, run: Path, train_set: LabelledImages, resume: bool) -> np.ndarray:
+    """One-hot labels, or with teachers the distilled targets (computed once, kept in the run)."""
+    onehot = np.eye(len(train_set.classes), dtype=np.float32)[train_set.labels]
+    if not cfg.teachers:
+        return onehot
+    from models.distill import TARGETS_FILE, build_targets
+
+    stored = run / TARGETS_FILE
+    if resume and stored.exists():
+        targets = np.load(stored)
+        if targets.shape == onehot.shape:
+            return targets
+        log.warning("%s: shape %s does not fit %d images; labelling again", stored, targets.shape, len(train_set))
+    targets = build_targets(cfg.teachers, train_set.images, train_set.labels, train_set.classes,
+                            cfg.distill_alpha, cfg.distill_temperature)
+    tmp = stored.with_name(".tmp." + stored.name)
+    with open(tmp, "wb") as f:
+        np.save(f, targets)
+    tmp.replace(stored)
+    return targets
 
 
 def _load_splits(cfg: TrainConfig) -> tuple[LabelledImages, LabelledImages]:
@@ -269,6 +294,7 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
     x_val = preprocess(val_set.images, spec)
     y_val = np.eye(len(classes), dtype=np.float32)[val_set.labels]
     weights = class_weight_vector(train_set.labels, len(classes), cfg.class_weights)
+    targets = training_targets(cfg, run, train_set, resume)
     steps = math.ceil(len(train_set) / cfg.batch_size)
     if verbose is None:
         verbose = 1 if sys.stderr.isatty() else 2
@@ -282,7 +308,7 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
         if verbose:
             print(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}", file=sys.stderr, flush=True)
         batches = tf.data.Dataset.from_generator(
-            lambda e=epoch: epoch_batches(train_set, spec, cfg, e, weights),
+            lambda e=epoch: epoch_batches(train_set, spec, cfg, e, weights, targets),
             output_signature=(tf.TensorSpec((None, *spec.input_shape), tf.float32),
                               tf.TensorSpec((None, len(classes)), tf.float32),
                               tf.TensorSpec((None,), tf.float32))).prefetch(2)

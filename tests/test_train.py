@@ -110,3 +110,41 @@ def test_mixed_precision_run_saves_a_float32_model(synthetic_dataset, tmp_path):
     assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
     trained = keras.models.load_model(tmp_path / "run" / "checkpoint" / "last.keras", compile=False)
     assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in trained.layers}
+
+
+def test_soften_keeps_the_ranking_and_flattens_with_temperature():
+    from models.distill import distilled_targets, soften
+
+    p = np.array([[0.7, 0.2, 0.1]], np.float32)
+    np.testing.assert_allclose(soften(p, 1.0), p, rtol=1e-5)
+    warm = soften(p, 4.0)
+    assert warm.sum() == pytest.approx(1.0) and warm[0, 0] > warm[0, 1] > warm[0, 2] and warm[0, 0] < 0.5
+    onehot = np.array([[0, 1, 0]], np.float32)
+    mixed = distilled_targets(onehot, [p, p], alpha=0.25, temperature=1.0)
+    np.testing.assert_allclose(mixed, 0.75 * onehot + 0.25 * p, rtol=1e-5)
+
+
+def test_student_learns_from_a_teacher_and_resumes_on_the_same_targets(synthetic_dataset, tmp_path):
+    from models.distill import TARGETS_FILE
+
+    train(_config(synthetic_dataset, tmp_path / "teacher", epochs=3), verbose=0)
+    cfg = _config(synthetic_dataset, tmp_path / "student", epochs=2, teachers=[str(tmp_path / "teacher")],
+                  distill_alpha=1.0, distill_temperature=2.0)
+    report = train(cfg, verbose=0)
+    targets = np.load(tmp_path / "student" / TARGETS_FILE)
+    assert targets.shape == (7 * 24, 7)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
+    assert targets.max(axis=1).mean() < 0.99  # soft, not one-hot: alpha 1 is the teacher alone
+    assert report["epochs_trained"] == 2
+
+    np.save(tmp_path / "student" / TARGETS_FILE, np.full_like(targets, 1 / 7))  # marked: a resume must reuse them
+    resume(tmp_path / "student", epochs=3, verbose=0)
+    np.testing.assert_allclose(np.load(tmp_path / "student" / TARGETS_FILE), 1 / 7)
+
+
+def test_teacher_with_other_classes_is_refused(synthetic_dataset, tmp_path):
+    from models.distill import teacher_probabilities
+
+    train(_config(synthetic_dataset, tmp_path / "teacher", epochs=1), verbose=0)
+    with pytest.raises(ValueError, match="teacher classes"):
+        teacher_probabilities(tmp_path / "teacher", np.zeros((2, 48, 48), np.uint8), ["cat", "dog"])

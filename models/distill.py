@@ -1,0 +1,67 @@
+"""Soft targets from trained teachers, for knowledge distillation into a small network.
+
+Offline distillation: each teacher labels every training image once (un-augmented, averaged
+with its mirror image, since expressions are left-right symmetric), and the student then learns
+from a mix of the true one-hot label and the teachers' softened distribution. Per batch this
+costs nothing; a teacher pass over FER-2013's train split takes seconds to a few minutes, where
+an online teacher would add its forward pass to every step of every epoch. The targets are
+stored in the run, so a resumed run learns from exactly the same ones.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge.preprocess import preprocess
+
+log = logging.getLogger("feredge.distill")
+
+TARGETS_FILE = "teacher_targets.npy"
+
+
+def soften(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax at `temperature` of the logits behind `probabilities` (softmax outputs)."""
+    logits = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    soft = np.exp(logits)
+    return (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def teacher_probabilities(teacher: str | Path, images: np.ndarray, classes, *, batch_size: int = 256) -> np.ndarray:
+    """One teacher's class probabilities for raw `images`, flip-averaged, in `classes` order."""
+    from models.run_dir import locate_model
+    from models.tf_env import keras
+
+    files = locate_model(teacher)
+    if files.spec is None or files.labels is None:
+        raise ValueError(f"{teacher}: a teacher needs its preprocess.json and labels.json beside the model")
+    if set(files.labels) != set(classes):
+        raise ValueError(f"{teacher}: teacher classes {list(files.labels)} differ from the data's {list(classes)}")
+    model = keras.models.load_model(files.model, compile=False)
+    order = [files.labels.index(name) for name in classes]
+    out = np.empty((len(images), len(classes)), np.float32)
+    for start in range(0, len(images), batch_size):
+        x = preprocess(images[start:start + batch_size], files.spec)
+        p = model.predict_on_batch(x) + model.predict_on_batch(x[:, :, ::-1])
+        out[start:start + batch_size] = np.asarray(p)[:, order] / 2
+    return out
+
+
+def distilled_targets(onehot: np.ndarray, teachers: list[np.ndarray], alpha: float, temperature: float) -> np.ndarray:
+    """(1 - alpha) * true label + alpha * the teachers' mean distribution softened at `temperature`."""
+    soft = soften(np.mean(teachers, axis=0), temperature)
+    return ((1 - alpha) * onehot + alpha * soft).astype(np.float32)
+
+
+def build_targets(teachers, images: np.ndarray, labels: np.ndarray, classes, alpha: float,
+                  temperature: float) -> np.ndarray:
+    onehot = np.eye(len(classes), dtype=np.float32)[labels]
+    probs = []
+    for teacher in teachers:
+        log.info("teacher %s: labelling %d training images", teacher, len(images))
+        p = teacher_probabilities(teacher, images, classes)
+        log.info("teacher %s: %.2f %% agree with the true labels", teacher, 100 * np.mean(p.argmax(1) == labels))
+        probs.append(p)
+    return distilled_targets(onehot, probs, alpha, temperature)
