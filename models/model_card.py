@@ -73,7 +73,13 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         f"equalisation `{config.get('equalize')}`, normalisation `{config.get('normalize')}`, seed "
         f"{config.get('seed')}. Trained {len(seconds)} epochs"
         + (f" ({statistics.median(seconds):.0f} s per epoch on 2 CPU cores, {sum(seconds) / 3600:.1f} h in all)"
-           if seconds else "") + f"; the best epoch ({report.get('best_epoch', '?')}) is shipped.", "",
+           if seconds else "") + f"; the epoch with the best PublicTest accuracy "
+        f"({report.get('best_epoch', '?')}) is shipped, so the PublicTest figure below is slightly optimistic "
+        "for unseen faces."
+        + (f" Distilled from {', '.join(f'`{t}`' for t in config['teachers'])} (alpha "
+           f"{config.get('distill_alpha')}, temperature {config.get('distill_temperature')}); with the teachers' "
+           f"own training, {sum(seconds) / 3600 + _teacher_hours(config):.1f} h in all." if config.get("teachers") else ""),
+        "",
         "![training curves](history.png)", "",
         "## Evaluation", "",
         f"On {data}: accuracy {100 * report['accuracy']:.2f} %, macro-F1 {report['macro_f1']:.4f}, "
@@ -90,15 +96,33 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
 
 
 def _train_command(config: dict) -> str:
+    """The `feredge train` line that reproduces a run: every setting that differs from the default."""
+    from models.train import TrainConfig
+
+    defaults = TrainConfig(data="")
     parts = ["feredge train", f"--data {config.get('data')}", f"--arch {config.get('arch')}",
              f"--out runs/{config.get('arch')}"]
-    defaults = {"epochs": 60, "batch_size": 64, "lr": 1e-3, "lr_schedule": "cosine", "warmup_epochs": 0,
-                "patience": 15, "label_smoothing": 0.0, "class_weights": "none", "augment": "standard",
-                "equalize": "none", "normalize": "unit", "seed": 1234}
-    for key, default in defaults.items():
-        if config.get(key) is not None and config.get(key) != default:
-            parts.append(f"--{key.replace('_', '-')} {config[key]}")
-    return " ".join(parts)
+    for key, value in config.items():
+        if key in ("data", "arch", "out") or not hasattr(defaults, key) or value == getattr(defaults, key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key == "teachers":
+            parts += [f"--teacher {teacher}" for teacher in value or ()]
+        elif isinstance(value, bool):
+            parts.append(flag if value else "")
+        elif value is not None:
+            parts.append(f"{flag} {value}")
+    return " ".join(part for part in parts if part)
+
+
+def _teacher_hours(config: dict) -> float:
+    """Training hours of the teachers a distilled run learnt from (what its accuracy also cost)."""
+    hours = 0.0
+    for teacher in config.get("teachers") or ():
+        history = Path(teacher) / "history.json"
+        if history.exists():
+            hours += sum(json.loads(history.read_text()).get("seconds", [])) / 3600
+    return hours
 
 
 def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Path = PRETRAINED_DIR) -> dict:

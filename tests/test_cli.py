@@ -121,3 +121,24 @@ def test_model_card_is_written_from_measured_figures(trained_run, synthetic_data
     assert "--arch seed001" in card and "Known limitations" in card and "| disgust |" in card
     for name in ("model.keras", "preprocess.json", "labels.json", "confusion.png", "history.png"):
         assert (shipped / name).is_file(), name
+
+
+def test_model_card_training_command_reproduces_the_config():
+    import argparse
+    import dataclasses
+    import shlex
+
+    from models import cli_train
+    from models.model_card import _train_command
+    from models.train import TrainConfig
+
+    config = dataclasses.asdict(TrainConfig(
+        data="fer", arch="edge", out="runs/edge", epochs=100, warmup_epochs=3, label_smoothing=0.1,
+        augment="strong", equalize="global", mixed_precision=True, teachers=["runs/a", "runs/b"],
+        distill_alpha=0.7))
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    args = parser.parse_args(shlex.split(_train_command(config))[2:])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    rebuilt = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    assert dataclasses.asdict(TrainConfig(**rebuilt)) == config
