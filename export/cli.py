@@ -13,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", help="comma list of tflite, onnx, openvino (default: all)")
     p.add_argument("--precisions", help="comma list of fp32, fp16, dynamic, int8 (default: all; combinations a "
                                         "format does not offer are skipped with a note)")
+    p.add_argument("--skip", metavar="FORMAT-PRECISION",
+                   help="comma list of combinations to leave out, e.g. openvino-fp32 (a smaller bundle)")
     p.add_argument("--calib", help="folder of face images for int8 calibration (default: the shipped sample)")
     p.add_argument("--calib-count", type=int, default=300, help="calibration images to use (default: 300)")
     p.add_argument("--data", help="labelled faces for verification and for pruning's fine-tuning: a FER-style "
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = export_model(model, out, formats=args.formats, precisions=args.precisions, calib=args.calib,
                           calib_count=args.calib_count, data=args.data, labels=args.labels, prune=args.prune,
                           allow_drop=args.allow_drop, add_softmax=args.add_softmax, progress=not args.quiet,
-                          finetune_epochs=args.finetune_epochs)
+                          finetune_epochs=args.finetune_epochs, skip=args.skip)
     print((bundle.root / "summary.txt").read_text(), end="")
     print(f"\nbundle: {bundle.root} ({len(bundle.artifacts)} artifacts) in {time.perf_counter() - started:.0f} s")
     return 0

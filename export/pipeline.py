@@ -58,19 +58,26 @@ def _as_list(value, allowed: tuple[str, ...], what: str) -> list[str]:
     return [x for x in allowed if x in items]
 
 
-def plan(formats=None, precisions=None) -> tuple[list[tuple[str, str]], list[dict]]:
-    """(format, precision) jobs in a sensible order, and the combinations skipped with a note."""
+def plan(formats=None, precisions=None, skip=None) -> tuple[list[tuple[str, str]], list[dict]]:
+    """(format, precision) jobs in a sensible order, and the combinations skipped with a note.
+
+    `skip` names combinations to leave out ("openvino-fp32"), to keep a shipped bundle small."""
     fmts = _as_list(formats, FORMATS, "format")
     precs = _as_list(precisions, PRECISIONS, "precision")
+    every = {f"{fmt}-{prec}" for fmt in FORMATS for prec in PRECISIONS}
+    unwanted = _as_list(skip, tuple(sorted(every)), "artifact to skip") if skip else []
     jobs, skipped = [], []
     for fmt in fmts:
         for prec in precs:
-            if prec in OFFERED[fmt]:
+            if f"{fmt}-{prec}" in unwanted:
+                skipped.append({"format": fmt, "precision": prec, "reason": "left out on request (--skip)"})
+            elif prec in OFFERED[fmt]:
                 jobs.append((fmt, prec))
             else:
                 skipped.append({"format": fmt, "precision": prec, "reason": NOT_OFFERED.get((fmt, prec), "not offered")})
     if not jobs:
-        raise ValueError(f"nothing to export: {', '.join(fmts)} offer none of {', '.join(precs)}")
+        raise ValueError(f"nothing to export: {', '.join(fmts)} offer none of {', '.join(precs)}"
+                         + (f" once {', '.join(unwanted)} are skipped" if unwanted else ""))
     return jobs, skipped
 
 
@@ -157,11 +164,12 @@ class _Exporter:
 
 def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=None, calib_count: int = 300,
                  data=None, labels=None, prune=None, allow_drop: bool = False, add_softmax: bool = False,
-                 progress: bool = True, finetune_epochs: int = 2, seed: int = 0) -> Bundle:
+                 progress: bool = True, finetune_epochs: int = 2, seed: int = 0, skip=None) -> Bundle:
     """Export a trained tf-keras model to a verified bundle in `out_dir`; returns the loaded bundle.
 
     formats: tflite, onnx, openvino (default all); precisions: fp32, fp16, dynamic, int8 (default
-    all; combinations a format does not offer are skipped with a note). calib: folder of faces
+    all; combinations a format does not offer are skipped with a note); skip: combinations to
+    leave out, e.g. "openvino-fp32". calib: folder of faces
     (default the shipped sample), calib_count of them. data: labelled faces for verification (its
     test split) and for pruning's fine-tuning (its train split); default the shipped sample.
     prune: e.g. "magnitude:0.5,structured:0.25". Raises ValueError / FileNotFoundError /
@@ -169,7 +177,7 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
     survives any failure or interruption.
     """
     started = time.perf_counter()
-    jobs, skipped = plan(formats, precisions)
+    jobs, skipped = plan(formats, precisions, skip)
     requests = parse_prune(prune)
     if requests and data is None:
         raise ValueError("pruning needs fine-tuning data: pass --data DIR")

@@ -299,6 +299,18 @@ def _no_leftovers(parent: Path):
     return not [p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 
 
+def test_plan_skips_named_combinations_and_refuses_unknown_ones():
+    from export.pipeline import plan
+
+    jobs, skipped = plan("tflite,onnx,openvino", "fp32,int8", skip="openvino-fp32")
+    assert ("openvino", "fp32") not in jobs and ("openvino", "int8") in jobs and len(jobs) == 5
+    assert {"format": "openvino", "precision": "fp32", "reason": "left out on request (--skip)"} in skipped
+    with pytest.raises(ValueError, match="unknown artifact to skip 'openvino-fp64'"):
+        plan(skip="openvino-fp64")
+    with pytest.raises(ValueError, match="nothing to export.*once tflite-fp32 are skipped"):
+        plan("tflite", "fp32", skip="tflite-fp32")
+
+
 def test_missing_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope: no such model"):
         export_model(tmp_path / "nope", tmp_path / "b", progress=False)
