@@ -18,6 +18,8 @@ from pathlib import Path
 from edge.fileio import write_text_atomic
 from edge.paths import PRETRAINED_DIR
 
+COMPARED_SEEDS = ("seed001", "seed003", "seed000")  # the seed networks the card compares the model with
+
 LIMITATIONS = """\
 - **Label noise and duplicates.** FER-2013 was collected by image search and labelled quickly;
   about 1,500 groups of byte-identical images exist, some across train and test, a few with
@@ -91,6 +93,10 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         lines += ["## Comparison with the seed networks", "",
                   "Same data, same test split, measured on this 2-core x86 machine "
                   "(`feredge compare RUN... --data DATA`):", "", format_markdown(comparison)]
+        missing = [name for name in COMPARED_SEEDS if name not in {r["arch"] for r in comparison}]
+        if missing:
+            lines += [f"Not in this table yet: {', '.join(f'`{m}`' for m in missing)}, still training with the same "
+                      "recipe (runs of several hours each on this machine, resumed across sessions).", ""]
     lines += ["## Known limitations", "", LIMITATIONS, "## Intended and unintended uses", "", USES]
     return "\n".join(lines)
 
