@@ -80,14 +80,20 @@ def test_gate_flags_a_degraded_artifact(bundle, tmp_path):
 
 
 def _scramble_tflite_weights(path):
-    """Permute the bytes of the largest buffer (the first dense kernel): same shapes, wrong values."""
-    data = bytearray(path.read_bytes())
+    """Shuffle the values of every float kernel (tensors of rank >= 2 with data) through LiteRT's
+    own flatbuffer tools: the graph, shapes and shape constants stay valid, the weights are wrong."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
     rng = np.random.default_rng(0)
-    start, size = len(data) // 4, len(data) // 3
-    block = np.frombuffer(bytes(data[start:start + size]), np.uint8).copy()
-    rng.shuffle(block)
-    data[start:start + size] = block.tobytes()
-    path.write_bytes(bytes(data))
+    float32 = flatbuffer_utils.schema_fb.TensorType.FLOAT32
+    for tensor in model.subgraphs[0].tensors:
+        data = model.buffers[tensor.buffer].data
+        if tensor.type == float32 and data is not None and len(tensor.shape) >= 2:
+            values = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32).copy()
+            rng.shuffle(values)
+            model.buffers[tensor.buffer].data = np.frombuffer(values.tobytes(), np.uint8)
+    flatbuffer_utils.write_model(model, str(path))
 
 
 def test_gate_and_recommendation_rules():
