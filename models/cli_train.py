@@ -47,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the teachers' distribution against the true label (default: %(default)s)")
     p.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
                    help="softens the teachers' distribution (default: %(default)s)")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from this trained model's weights (a .keras file or a run folder): fine-tuning")
+    p.add_argument("--swa-epochs", type=int, default=d.swa_epochs,
+                   help="save the average of the last N epochs' weights instead of the best epoch "
+                        "(stochastic weight averaging; use with --lr-schedule constant; default: off)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
         values.update(data=data, out=out, train_split=split, val=val)
         report = train(TrainConfig(**values), overwrite=args.overwrite)
-    print(f"{out}: best epoch {report['best_epoch']} of {report['epochs_trained']}: "
+    chosen = (f"average of the last {report['averaged_epochs']} epochs" if report.get("averaged_epochs")
+              else f"best epoch {report['best_epoch']}")
+    print(f"{out}: {chosen} of {report['epochs_trained']}: "
           f"validation accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
     return 0

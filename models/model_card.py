@@ -52,7 +52,9 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
     from models.compare import format_markdown
 
     seconds = history.get("seconds", [])
-    cmd = _train_command(config)
+    base = _base_run(config)
+    commands = ([_train_command(base["config"])] if base else []) + [_train_command(config, base)]
+    hours = sum(seconds) / 3600 + (base["hours"] if base else 0.0)
     per_class = "\n".join(
         f"| {label} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for label, v in report["per_class"].items())
@@ -67,7 +69,8 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         "## Training", "",
         f"Data: the `{config.get('train_split')}` split of `{config.get('data')}`; validation: "
         f"`{config.get('val')}`; nothing else.", "",
-        "```bash", cmd, "```", "",
+        "```bash", *commands, "```", "",
+        *([_fine_tune_text(config, base, hours), ""] if config.get("init_from") else []),
         f"Recipe: Adam (peak learning rate {config.get('lr')}, {config.get('lr_schedule')} schedule, "
         f"{config.get('warmup_epochs')} warm-up epochs), cross-entropy with label smoothing "
         f"{config.get('label_smoothing')}, class weights `{config.get('class_weights')}`, batch "
@@ -75,12 +78,10 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         f"equalisation `{config.get('equalize')}`, normalisation `{config.get('normalize')}`, seed "
         f"{config.get('seed')}. Trained {len(seconds)} epochs"
         + (f" ({statistics.median(seconds):.0f} s per epoch on 2 CPU cores, {sum(seconds) / 3600:.1f} h in all)"
-           if seconds else "") + f"; the epoch with the best PublicTest accuracy "
-        f"({report.get('best_epoch', '?')}) is shipped, so the PublicTest figure below is slightly optimistic "
-        "for unseen faces."
+           if seconds else "") + "; " + _selection_text(report)
         + (f" Distilled from {', '.join(f'`{t}`' for t in config['teachers'])} (alpha "
            f"{config.get('distill_alpha')}, temperature {config.get('distill_temperature')}); with the teachers' "
-           f"own training, {sum(seconds) / 3600 + _teacher_hours(config):.1f} h in all." if config.get("teachers") else ""),
+           f"own training, {hours + _teacher_hours(config):.1f} h in all." if config.get("teachers") else ""),
         "",
         "![training curves](history.png)", "",
         "## Evaluation", "",
@@ -101,18 +102,48 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
     return "\n".join(lines)
 
 
-def _train_command(config: dict) -> str:
+def _selection_text(report: dict) -> str:
+    if report.get("averaged_epochs"):
+        return (f"the average of the weights of the last {report['averaged_epochs']} epochs is shipped "
+                "(stochastic weight averaging, models/swa.py), so no epoch was picked by its PublicTest accuracy.")
+    return (f"the epoch with the best PublicTest accuracy ({report.get('best_epoch', '?')}) is shipped, so the "
+            "PublicTest figure below is slightly optimistic for unseen faces.")
+
+
+def _fine_tune_text(config: dict, base: dict | None, hours: float) -> str:
+    start = f"the `{base['config'].get('arch')}` run of the first command" if base else f"`{config['init_from']}`"
+    return (f"The second stage starts from the weights of {start} and trains {config.get('epochs')} more epochs"
+            + (f" at a constant learning rate of {config.get('lr')}" if config.get("lr_schedule") == "constant" else "")
+            + (f", averaging the weights of the last {config['swa_epochs']}" if config.get("swa_epochs") else "")
+            + "." + (f" The first stage took {base['hours']:.1f} h, both {hours:.1f} h on 2 CPU cores." if base else "")
+            + " The recipe below is the second stage's.")
+
+
+def _base_run(config: dict) -> dict | None:
+    """The run a fine-tuned run started from (--init-from a run folder), with its config and hours."""
+    start = Path(config["init_from"]) if config.get("init_from") else None
+    if start is None or not (start / "config.json").is_file():
+        return None
+    history = start / "history.json"
+    seconds = json.loads(history.read_text()).get("seconds", []) if history.is_file() else []
+    return {"config": json.loads((start / "config.json").read_text()), "hours": sum(seconds) / 3600,
+            "name": start.name}
+
+
+def _train_command(config: dict, base: dict | None = None) -> str:
     """The `feredge train` line that reproduces a run: every setting that differs from the default."""
     from models.train import TrainConfig
 
     defaults = TrainConfig(data="")
-    parts = ["feredge train", f"--data {config.get('data')}", f"--arch {config.get('arch')}",
-             f"--out runs/{config.get('arch')}"]
+    out = f"runs/{config.get('arch')}" + ("-finetuned" if base else "")
+    parts = ["feredge train", f"--data {config.get('data')}", f"--arch {config.get('arch')}", f"--out {out}"]
     for key, value in config.items():
         if key in ("data", "arch", "out") or not hasattr(defaults, key) or value == getattr(defaults, key):
             continue
         flag = "--" + key.replace("_", "-")
-        if key == "teachers":
+        if key == "init_from" and base:
+            parts.append(f"{flag} runs/{base['config'].get('arch')}")
+        elif key == "teachers":
             parts += [f"--teacher {teacher}" for teacher in value or ()]
         elif isinstance(value, bool):
             parts.append(flag if value else "")
@@ -142,7 +173,10 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
     history = json.loads((run / "history.json").read_text())
     state = run / "checkpoint" / "state.json"
     if state.exists():
-        report["best_epoch"] = json.loads(state.read_text()).get("best_epoch")
+        stored = json.loads(state.read_text())
+        report["best_epoch"] = stored.get("best_epoch")
+        if stored.get("swa_averaged"):
+            report["averaged_epochs"] = stored["swa_averaged"]
     model = keras.models.load_model(run / "model.keras", compile=False)
     comparison = json.loads(Path(comparison_file).read_text()) if comparison_file else None
     out.mkdir(parents=True, exist_ok=True)

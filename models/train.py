@@ -59,6 +59,8 @@ class TrainConfig:
     teachers: list[str] | None = None  # trained runs whose soft labels the student learns from
     distill_alpha: float = 0.5  # weight of the teachers' distribution in the target
     distill_temperature: float = 2.0
+    init_from: str | None = None  # a trained model (.keras or run folder) whose weights start this run
+    swa_epochs: int = 0  # ship the average of the last N epochs' weights (models/swa.py), not the best epoch
 
     def validate(self) -> None:
         if self.lr_schedule not in ("cosine", "plateau", "constant"):
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ValueError("--label-smoothing must be in [0, 1)")
         if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
             raise ValueError("--distill-alpha must be in [0, 1] and --distill-temperature positive")
+        if not 0 <= self.swa_epochs <= self.epochs:
+            raise ValueError(f"--swa-epochs must be between 0 and --epochs ({self.epochs})")
 
 
 @dataclasses.dataclass
@@ -88,6 +92,8 @@ class TrainState:
     lr: float = 0.0
     history: dict = dataclasses.field(default_factory=dict)
     stopped_early: bool = False
+    swa_averaged: int = 0  # epochs averaged into model.keras (0: it holds the best epoch)
+    swa_val_accuracy: float | None = None
 
 
 def learning_rate(cfg: TrainConfig, epoch: int, state: TrainState) -> float:
@@ -169,13 +175,16 @@ def _load_splits(cfg: TrainConfig) -> tuple[LabelledImages, LabelledImages]:
     return train, val
 
 
-def _save_checkpoint(run: Path, model, state: TrainState) -> None:
+def _save_checkpoint(run: Path, model, state: TrainState, average=None) -> None:
     """Swap in a complete checkpoint directory, so a kill at any moment leaves a usable one."""
     final, tmp, old = run / CHECKPOINT_DIR, run / (CHECKPOINT_DIR + ".tmp"), run / (CHECKPOINT_DIR + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save(tmp / "last.keras")
     (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1))
+    if average is not None and average.count:
+        from models.swa import AVERAGE_FILE
+        average.save(tmp / AVERAGE_FILE)
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
@@ -287,6 +296,8 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
         log.info("resuming %s after epoch %d of %d", run, state.epochs_done, cfg.epochs)
     else:
         model = build_model(cfg.arch, input_shape=spec.input_shape, num_classes=len(classes))
+        if cfg.init_from:
+            _load_initial_weights(model, cfg.init_from)
         model.compile(optimizer=keras.optimizers.Adam(cfg.lr), loss=loss, metrics=["accuracy"])
         state = TrainState(lr=cfg.lr)
     log.info("%s: %d parameters, %.1f M MACs per face", cfg.arch, model.count_params(), count_macs(model) / 1e6)
@@ -299,6 +310,7 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
     if verbose is None:
         verbose = 1 if sys.stderr.isatty() else 2
 
+    average = _weight_average(cfg, ckpt)
     for epoch in range(state.epochs_done, cfg.epochs):
         if state.stopped_early:
             break
@@ -321,14 +333,60 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
             state.history.setdefault(key, []).append(value)
         state.epochs_done = epoch + 1
         _track_progress(cfg, state, metrics, epoch, model, run, spec)
-        _save_checkpoint(run, model, state)
+        if average is not None and epoch >= cfg.epochs - cfg.swa_epochs:
+            average.add(model.get_weights())
+        _save_checkpoint(run, model, state, average)
         write_text_atomic(run / "history.json", json.dumps(state.history, indent=1) + "\n")
         log.info("epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f (best %.4f @ %d) %.0f s",
                  epoch + 1, cfg.epochs, metrics["loss"], metrics["accuracy"], metrics["val_loss"],
                  metrics["val_accuracy"], state.best_val_accuracy, state.best_epoch, seconds)
 
+    if average is not None and average.count and not state.swa_averaged:
+        _finish_average(cfg, state, model, average, run, spec, train_set, weights, targets, x_val, y_val)
     keras.mixed_precision.set_global_policy("float32")  # the saved model and anything after run in float32
     return finish_run(run, val_set, spec, classes, state)
+
+
+def _load_initial_weights(model, source: str) -> None:
+    """Start from a trained model's weights (fine-tuning); the architecture must match exactly."""
+    from models.tf_env import keras
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: no trained model to start from (--init-from)")
+    trained = keras.models.load_model(path, compile=False)
+    mine, theirs = [w.shape for w in model.get_weights()], [w.shape for w in trained.get_weights()]
+    if mine != theirs:
+        raise ValueError(f"{path}: its weights ({trained.count_params():,} parameters, {len(theirs)} arrays) do "
+                         f"not fit the {model.name} network ({model.count_params():,} parameters, {len(mine)} arrays)")
+    model.set_weights(trained.get_weights())
+    log.info("starting from the weights of %s", path)
+
+
+def _weight_average(cfg: TrainConfig, ckpt: Path | None):
+    if not cfg.swa_epochs:
+        return None
+    from models.swa import AVERAGE_FILE, WeightAverage
+
+    if ckpt is not None and (ckpt / AVERAGE_FILE).exists():
+        return WeightAverage.load(ckpt / AVERAGE_FILE)
+    return WeightAverage()
+
+
+def _finish_average(cfg, state, model, average, run, spec, train_set, weights, targets, x_val, y_val) -> None:
+    """Load the averaged weights, measure their batch-norm statistics and save them as the run's model."""
+    from models.swa import recalibrate_batchnorm
+
+    model.set_weights(average.as_model_weights(model.get_weights()))
+    recalibrate_batchnorm(model, (x for x, _, _ in epoch_batches(train_set, spec, cfg, cfg.epochs, weights, targets)))
+    _, accuracy = model.evaluate(x_val, y_val, batch_size=256, verbose=0)
+    log.info("average of the last %d epochs: validation accuracy %.4f (best single epoch %.4f @ %d)",
+             average.count, accuracy, state.best_val_accuracy, state.best_epoch)
+    _save_model_atomic(model, run / MODEL_FILE, _float32_builder(cfg, spec, model.output_shape[-1]))
+    state.swa_averaged, state.swa_val_accuracy = average.count, float(accuracy)
+    _save_checkpoint(run, model, state, average)
 
 
 def _track_progress(cfg: TrainConfig, state: TrainState, metrics: dict, epoch: int, model, run: Path,
@@ -340,7 +398,7 @@ def _track_progress(cfg: TrainConfig, state: TrainState, metrics: dict, epoch: i
         _save_model_atomic(model, run / MODEL_FILE, _float32_builder(cfg, spec, model.output_shape[-1]))
     else:
         state.epochs_without_improvement += 1
-        if cfg.patience and state.epochs_without_improvement >= cfg.patience:
+        if cfg.patience and not cfg.swa_epochs and state.epochs_without_improvement >= cfg.patience:
             log.info("early stop: no better validation accuracy for %d epochs", cfg.patience)
             state.stopped_early = True
     if cfg.lr_schedule == "plateau":
@@ -363,6 +421,8 @@ def finish_run(run: Path, val_set: LabelledImages, spec: PreprocessSpec, classes
     report = evaluate_model(model, val_set, spec, classes)
     report["best_epoch"] = state.best_epoch
     report["epochs_trained"] = state.epochs_done
+    if state.swa_averaged:
+        report["averaged_epochs"] = state.swa_averaged
     write_evaluation(report, run / "eval", title=f"{run.name} on validation")
     try:
         from benchmarks.plots import plot_history

@@ -142,3 +142,28 @@ def test_model_card_training_command_reproduces_the_config():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     rebuilt = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     assert dataclasses.asdict(TrainConfig(**rebuilt)) == config
+
+
+def test_model_card_of_a_fine_tuned_run_gives_both_stages(tmp_path):
+    import dataclasses
+
+    from models.model_card import card_text
+    from models.train import TrainConfig
+
+    base = tmp_path / "edge"
+    base.mkdir()
+    base_config = dataclasses.asdict(TrainConfig(data="fer", arch="edge", out=str(base), epochs=100))
+    (base / "config.json").write_text(json.dumps(base_config))
+    (base / "history.json").write_text(json.dumps({"seconds": [3600.0] * 3}))
+    config = dataclasses.asdict(TrainConfig(data="fer", arch="edge", out="x", epochs=30, lr=3e-4,
+                                            lr_schedule="constant", swa_epochs=25, init_from=str(base)))
+    per_class = {"angry": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}}
+    report = {"accuracy": 0.5, "macro_f1": 0.5, "weighted_f1": 0.5, "num_samples": 2, "per_class": per_class,
+              "best_epoch": 7, "averaged_epochs": 25}
+    card = card_text(tmp_path, report, config, {"seconds": [1800.0] * 2}, 10, 10, None, "fer")
+    commands = [line for line in card.splitlines() if line.startswith("feredge train")]
+    assert len(commands) == 2
+    assert "--init-from" not in commands[0] and "--epochs 100" in commands[0]
+    assert "--init-from runs/edge " in commands[1] + " " and "--swa-epochs 25" in commands[1]
+    assert "last 25 epochs is shipped" in card and "best PublicTest accuracy" not in card
+    assert "first stage took 3.0 h, both 4.0 h" in card

@@ -40,8 +40,8 @@ def test_stopped_run_resumes_where_an_unbroken_run_would_be(synthetic_dataset, t
 
     real_save = train_mod._save_checkpoint
 
-    def save_then_stop(run, model, state):
-        real_save(run, model, state)
+    def save_then_stop(run, model, state, *rest):
+        real_save(run, model, state, *rest)
         if state.epochs_done == 2:
             raise KeyboardInterrupt  # as if Ctrl-C right after the epoch-2 checkpoint
 
@@ -148,3 +148,75 @@ def test_teacher_with_other_classes_is_refused(synthetic_dataset, tmp_path):
     train(_config(synthetic_dataset, tmp_path / "teacher", epochs=1), verbose=0)
     with pytest.raises(ValueError, match="teacher classes"):
         teacher_probabilities(tmp_path / "teacher", np.zeros((2, 48, 48), np.uint8), ["cat", "dog"])
+
+
+def test_weight_average_is_the_mean_and_survives_a_save(tmp_path):
+    from models.swa import WeightAverage
+
+    rng = np.random.default_rng(0)
+    snapshots = [[rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
+                 for _ in range(5)]
+    average = WeightAverage()
+    for weights in snapshots[:3]:
+        average.add(weights)
+    average.save(tmp_path / "avg.npz")
+    resumed = WeightAverage.load(tmp_path / "avg.npz")
+    for weights in snapshots[3:]:
+        resumed.add(weights)
+    assert resumed.count == 5
+    for i in range(2):
+        np.testing.assert_allclose(resumed.weights[i], np.mean([s[i] for s in snapshots], axis=0), rtol=1e-6)
+    with pytest.raises(ValueError, match="does not match"):
+        resumed.add(snapshots[0][:1])
+
+
+def test_batchnorm_recalibration_measures_the_plain_average_of_the_batches():
+    from models.swa import recalibrate_batchnorm
+    from models.tf_env import keras
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.99)(inputs))
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(loc=5.0, scale=2.0, size=(32, 3)).astype(np.float32) for _ in range(4)]
+    assert recalibrate_batchnorm(model, iter(batches)) == 4
+    bn = model.layers[-1]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([b.mean(axis=0) for b in batches], axis=0), rtol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([b.var(axis=0) for b in batches], axis=0),
+                               rtol=1e-3)
+    assert bn.momentum == 0.99
+
+
+def test_swa_run_ships_the_average_of_its_last_epochs(synthetic_dataset, tmp_path, monkeypatch):
+    from models.tf_env import keras
+
+    train(_config(synthetic_dataset, tmp_path / "start", arch="edge", epochs=1), verbose=0)
+    start = keras.models.load_model(tmp_path / "start" / "model.keras", compile=False)
+    seen = []
+    real_save = train_mod._save_checkpoint
+
+    def record(run, model, state, *rest):
+        if not state.swa_averaged:
+            seen.append([w.numpy().copy() for w in model.trainable_weights])
+        real_save(run, model, state, *rest)
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", record)
+    cfg = _config(synthetic_dataset, tmp_path / "swa", arch="edge", epochs=3, swa_epochs=2, lr_schedule="constant",
+                  lr=1e-3, init_from=str(tmp_path / "start"))
+    report = train(cfg, verbose=0)
+    assert report["averaged_epochs"] == 2
+    shipped = keras.models.load_model(tmp_path / "swa" / "model.keras", compile=False)
+    assert shipped.count_params() == start.count_params()
+    kernel = 0  # the first convolution: moved away from the start, and equal to the mean of epochs 2 and 3
+    assert not np.allclose(seen[0][kernel], start.trainable_weights[kernel].numpy())
+    np.testing.assert_allclose(shipped.trainable_weights[kernel].numpy(),
+                               (seen[1][kernel] + seen[2][kernel]) / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_init_from_refuses_another_architecture(synthetic_dataset, tmp_path):
+    train(_config(synthetic_dataset, tmp_path / "small", epochs=1), verbose=0)
+    with pytest.raises(ValueError, match=r"model\.keras.*do not fit the edge"):
+        train(_config(synthetic_dataset, tmp_path / "big", arch="edge", init_from=str(tmp_path / "small")), verbose=0)
+    with pytest.raises(FileNotFoundError, match="no trained model"):
+        train(_config(synthetic_dataset, tmp_path / "none", init_from=str(tmp_path / "missing")), verbose=0)
+    with pytest.raises(ValueError, match="--swa-epochs"):
+        _config(synthetic_dataset, tmp_path / "x", swa_epochs=9).validate()
