@@ -36,14 +36,15 @@ def describe_run(run: str | Path, data, split: str | None) -> dict:
     from models.architectures import count_macs
     from models.datasets import load_dataset
     from models.evaluate import evaluate_model
-    from models.run_dir import locate_model
+    from models.run_dir import base_run, locate_model, run_record
     from models.tf_env import keras
 
     run = Path(run)
     files = locate_model(run)
     model = keras.models.load_model(files.model, compile=False)
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else {}
+    record = run_record(run)
+    config, history = record["config"], record["history"]
+    base = base_run(config)  # a fine-tuned run also cost its starting run's training
     dataset = load_dataset(data, split=split, color=files.spec.channels == 3, progress=False)
     report = evaluate_model(model, dataset, files.spec, files.labels)
     seconds = history.get("seconds", [])
@@ -56,10 +57,11 @@ def describe_run(run: str | Path, data, split: str | None) -> dict:
         "accuracy": report["accuracy"],
         "macro_f1": report["macro_f1"],
         "recall": {label: v["recall"] for label, v in report["per_class"].items()},
-        "epochs_trained": len(seconds),
-        "best_epoch": int(np.argmax(val)) + 1 if val else None,
+        "epochs_trained": len(seconds) + (base["epochs"] if base else 0),
+        "best_epoch": (f"avg {record['state']['swa_averaged']}" if record["state"].get("swa_averaged")
+                       else int(np.argmax(val)) + 1 if val else None),
         "seconds_per_epoch": statistics.median(seconds) if seconds else None,
-        "training_hours": sum(seconds) / 3600 if seconds else None,
+        "training_hours": sum(seconds) / 3600 + (base["hours"] or 0 if base else 0) if seconds else None,
         "keras_ms_per_face": keras_ms_per_face(model, files.spec.input_shape),
         "data": f"{data}" + (f" [{split}]" if split else ""),
         "samples": report["num_samples"],

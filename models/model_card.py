@@ -50,11 +50,12 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
               comparison: list[dict] | None, data: str) -> str:
     from models.architectures import ARCHITECTURES
     from models.compare import format_markdown
+    from models.run_dir import base_run
 
     seconds = history.get("seconds", [])
-    base = _base_run(config)
+    base = base_run(config)
     commands = ([_train_command(base["config"])] if base else []) + [_train_command(config, base)]
-    hours = sum(seconds) / 3600 + (base["hours"] if base else 0.0)
+    hours = sum(seconds) / 3600 + ((base["hours"] or 0.0) if base else 0.0)
     per_class = "\n".join(
         f"| {label} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for label, v in report["per_class"].items())
@@ -115,19 +116,10 @@ def _fine_tune_text(config: dict, base: dict | None, hours: float) -> str:
     return (f"The second stage starts from the weights of {start} and trains {config.get('epochs')} more epochs"
             + (f" at a constant learning rate of {config.get('lr')}" if config.get("lr_schedule") == "constant" else "")
             + (f", averaging the weights of the last {config['swa_epochs']}" if config.get("swa_epochs") else "")
-            + "." + (f" The first stage took {base['hours']:.1f} h, both {hours:.1f} h on 2 CPU cores." if base else "")
+            + "." + (f" The first stage took {base['hours']:.1f} h, both {hours:.1f} h on 2 CPU cores."
+                     if base and base["hours"] else
+                     " The first stage's history.json is not at hand: its hours are not counted below." if base else "")
             + " The recipe below is the second stage's.")
-
-
-def _base_run(config: dict) -> dict | None:
-    """The run a fine-tuned run started from (--init-from a run folder), with its config and hours."""
-    start = Path(config["init_from"]) if config.get("init_from") else None
-    if start is None or not (start / "config.json").is_file():
-        return None
-    history = start / "history.json"
-    seconds = json.loads(history.read_text()).get("seconds", []) if history.is_file() else []
-    return {"config": json.loads((start / "config.json").read_text()), "hours": sum(seconds) / 3600,
-            "name": start.name}
 
 
 def _train_command(config: dict, base: dict | None = None) -> str:

@@ -64,3 +64,23 @@ def load_labels(path: str | Path) -> tuple[str, ...]:
 
 def save_labels(path: str | Path, labels) -> None:
     write_text_atomic(path, json.dumps(list(labels), indent=2) + "\n")
+
+
+def run_record(run: str | Path) -> dict:
+    """A run's config, history and final training state (empty dicts where a file is missing)."""
+    run = Path(run)
+
+    def read(name):
+        file = run / name
+        return json.loads(file.read_text()) if file.is_file() else {}
+    return {"config": read("config.json"), "history": read("history.json"), "state": read("checkpoint/state.json")}
+
+
+def base_run(config: dict) -> dict | None:
+    """The run a fine-tuned run started from (--init-from RUN folder): its record and training hours."""
+    start = Path(config["init_from"]) if config.get("init_from") else None
+    if start is None or not (start / "config.json").is_file():
+        return None
+    record = run_record(start)
+    seconds = record["history"].get("seconds", [])
+    return {**record, "hours": sum(seconds) / 3600 if seconds else None, "epochs": len(seconds), "name": start.name}
