@@ -169,10 +169,17 @@ def test_camera_lost_after_retries_is_exit_2(bundle, monkeypatch, capsys):
     assert len(_json_lines(captured.out)) == 2
 
 
+def _restore_sigint():
+    # A shell running pytest in the background (`pytest &`) ignores SIGINT, and an ignored signal is
+    # inherited: the run under test would never see Ctrl-C. Give it the disposition a terminal gives.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(bundle, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--bundle", str(bundle), *map(str, args)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_restore_sigint)
 
 
 def _wait_for(proc, needle: str, timeout: float = 120) -> str:
