@@ -61,7 +61,7 @@ def describe_run(run: str | Path, data, split: str | None) -> dict:
         "best_epoch": (f"avg {record['state']['swa_averaged']}" if record["state"].get("swa_averaged")
                        else int(np.argmax(val)) + 1 if val else None),
         "seconds_per_epoch": statistics.median(seconds) if seconds else None,
-        "training_hours": sum(seconds) / 3600 + (base["hours"] or 0 if base else 0) if seconds else None,
+        "training_hours": sum(seconds) / 3600 + ((base["hours"] or 0) if base else 0) if seconds else None,
         "keras_ms_per_face": keras_ms_per_face(model, files.spec.input_shape),
         "data": f"{data}" + (f" [{split}]" if split else ""),
         "samples": report["num_samples"],

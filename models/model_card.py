@@ -157,18 +157,17 @@ def _teacher_hours(config: dict) -> float:
 def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Path = PRETRAINED_DIR) -> dict:
     from models.architectures import count_macs
     from models.evaluate import evaluate_path
+    from models.run_dir import run_record
     from models.tf_env import keras
 
     run = Path(run)
     report = evaluate_path(run, data, "test", out_dir=run / "test-eval")
-    config = json.loads((run / "config.json").read_text())
-    history = json.loads((run / "history.json").read_text())
-    state = run / "checkpoint" / "state.json"
-    if state.exists():
-        stored = json.loads(state.read_text())
-        report["best_epoch"] = stored.get("best_epoch")
-        if stored.get("swa_averaged"):
-            report["averaged_epochs"] = stored["swa_averaged"]
+    record = run_record(run)
+    config, history, state = record["config"], record["history"], record["state"]
+    if state:
+        report["best_epoch"] = state.get("best_epoch")
+        if state.get("swa_averaged"):
+            report["averaged_epochs"] = state["swa_averaged"]
     model = keras.models.load_model(run / "model.keras", compile=False)
     comparison = json.loads(Path(comparison_file).read_text()) if comparison_file else None
     out.mkdir(parents=True, exist_ok=True)

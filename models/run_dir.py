@@ -83,4 +83,4 @@ def base_run(config: dict) -> dict | None:
         return None
     record = run_record(start)
     seconds = record["history"].get("seconds", [])
-    return {**record, "hours": sum(seconds) / 3600 if seconds else None, "epochs": len(seconds), "name": start.name}
+    return {**record, "hours": sum(seconds) / 3600 if seconds else None, "epochs": len(seconds)}
