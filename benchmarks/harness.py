@@ -7,6 +7,7 @@ agreement and drop against the float reference on a labelled set.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import subprocess
@@ -21,6 +22,7 @@ from benchmarks.device import device_facts
 from benchmarks.metrics import classification_report, top1_agreement
 from edge.bundle import Artifact, Bundle, sha256_file
 from edge.preprocess import preprocess
+from edge.tta import flip_averaged
 
 log = logging.getLogger("feredge.bench")
 
@@ -82,7 +84,10 @@ def keras_reference(bundle: Bundle, x: np.ndarray) -> np.ndarray | None:
     except ImportError:
         return None
     model = keras.models.load_model(source, compile=False)
-    return np.concatenate([model.predict_on_batch(x[i:i + 256]) for i in range(0, len(x), 256)])
+    predict = model.predict_on_batch
+    if bundle.spec.flip_average:
+        predict = functools.partial(flip_averaged, model.predict_on_batch)
+    return np.concatenate([predict(x[i:i + 256]) for i in range(0, len(x), 256)])
 
 
 def _options_for(artifact: Artifact, opts: BenchOptions) -> dict:
@@ -134,7 +139,7 @@ def run_bench(bundle_dir: str | Path, opts: BenchOptions, progress: bool = True)
                 step += 1
                 job = {"path": str(bundle.path(artifact)), "threads": threads, "batch": opts.batch,
                        "warmup_s": opts.warmup_s, "min_s": opts.min_s, "min_runs": opts.min_runs,
-                       "options": _options_for(artifact, opts)}
+                       "options": _options_for(artifact, opts), "flip_average": bundle.spec.flip_average}
                 if opts.accuracy and i == 0:
                     job.update(data=str(tmp / "x.npy"), probs_out=str(tmp / f"{artifact.id}.npy"))
                 if progress:
@@ -166,6 +171,7 @@ def _record(artifact: Artifact, bundle: Bundle, threads: int, opts: BenchOptions
         "device": {k: device[k] for k in ("machine", "cpu", "system", "board", "cores", "hostname")},
         "artifact": artifact.id, "format": artifact.format, "precision": artifact.precision,
         "pruning": artifact.pruning, "threads": threads, "batch": opts.batch, "size_bytes": artifact.bytes,
+        "flip_average": bundle.spec.flip_average,
         "status": "ok" if "error" not in result else f"error: {result['error']}",
     }
     if "error" not in result:

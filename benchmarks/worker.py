@@ -18,6 +18,7 @@ from edge.device import memory_mb
 def measure(job: dict) -> dict:
     from benchmarks.timing import summarize, time_calls
     from edge.backends import format_of, open_artifact
+    from edge.tta import with_flip_average
 
     path = job["path"]
     options = job.get("options", {})
@@ -27,7 +28,8 @@ def measure(job: dict) -> dict:
                              "openvino": "edge.backends.openvino"}[format_of(path)])
     baseline = memory_mb("VmRSS")
     t0 = time.perf_counter()
-    backend = open_artifact(path, threads=job.get("threads"), **options)
+    backend = with_flip_average(open_artifact(path, threads=job.get("threads"), **options),
+                                bool(job.get("flip_average")))
     load_ms = (time.perf_counter() - t0) * 1e3
     batch = int(job.get("batch", 1))
     rng = np.random.default_rng(0)

@@ -95,13 +95,15 @@ class Bundle:
 
     def open(self, artifact: Artifact | None = None, *, format: str | None = None, precision: str | None = None,
              threads: int | None = None, verify: bool = True, **options):
-        """A backend for one artifact of this bundle."""
+        """A backend for one artifact of this bundle, flip-averaged if the bundle's spec says so."""
         from edge.backends import open_artifact
+        from edge.tta import with_flip_average
 
         artifact = artifact or self.find(format, precision)
         if verify:
             self.check(artifact)
-        return open_artifact(self.path(artifact), threads=threads, **options)
+        return with_flip_average(open_artifact(self.path(artifact), threads=threads, **options),
+                                 self.spec.flip_average)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -32,6 +32,7 @@ class PreprocessSpec:
     mean: float | None = None  # zscore statistics, on the 0..1 scale, fitted on training data
     std: float | None = None
     margin: float = 0.0  # extra border around a detected face box, as a fraction of its size
+    flip_average: bool = False  # average the outputs of the face and its mirror (edge.tta): 2x inference
 
     def __post_init__(self):
         problems = []
@@ -47,6 +48,8 @@ class PreprocessSpec:
             problems.append("zscore normalisation needs a mean and a positive std (fit_zscore)")
         if self.margin < 0:
             problems.append(f"margin must be >= 0, not {self.margin}")
+        if not isinstance(self.flip_average, bool):
+            problems.append(f"flip_average must be true or false, not {self.flip_average!r}")
         if problems:
             raise ValueError("invalid preprocessing spec: " + "; ".join(problems))
 

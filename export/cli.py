@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs after pruning (default: 2)")
     p.add_argument("--allow-drop", action="store_true",
                    help="keep artifacts that miss the agreement/accuracy limits (recorded in the manifest)")
+    p.add_argument("--flip-average", choices=("spec", "on", "off"), default="spec",
+                   help="run each face and its mirror image and average: as the model's preprocess.json says "
+                        "(default) or set on/off in the bundle")
     p.add_argument("--add-softmax", action="store_true", help="append a softmax to a model that outputs logits")
 
 
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = export_model(model, out, formats=args.formats, precisions=args.precisions, calib=args.calib,
                           calib_count=args.calib_count, data=args.data, labels=args.labels, prune=args.prune,
                           allow_drop=args.allow_drop, add_softmax=args.add_softmax, progress=not args.quiet,
-                          finetune_epochs=args.finetune_epochs, skip=args.skip)
+                          finetune_epochs=args.finetune_epochs, skip=args.skip,
+                          flip_average={"spec": None, "on": True, "off": False}[args.flip_average])
     print((bundle.root / "summary.txt").read_text(), end="")
     print(f"\nbundle: {bundle.root} ({len(bundle.artifacts)} artifacts) in {time.perf_counter() - started:.0f} s")
     return 0

@@ -9,6 +9,7 @@ artifact passed (or --allow-drop) write the manifest and swap the bundle into pl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import gzip
 import json
@@ -22,6 +23,7 @@ import numpy as np
 
 from edge.bundle import SCHEMA_VERSION, Bundle, sha256_file
 from edge.paths import SAMPLE_DIR
+from edge.tta import flip_averaged
 from export import onnx as onnx_export
 from export import openvino as ov_export
 from export import tflite as tflite_export
@@ -101,18 +103,22 @@ def _quiet():
     return native_stderr_silenced()
 
 
-def keras_predict(model, x: np.ndarray) -> np.ndarray:
+def keras_predict(model, x: np.ndarray, flip_average: bool = False) -> np.ndarray:
     if not len(x):
         return np.zeros((0, int(model.output_shape[-1])), np.float32)
+    if flip_average:
+        return flip_averaged(lambda b: keras_predict(model, b), x)
     return np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float32)
 
 
 class _Exporter:
     """Converts and verifies one Keras model (the source or a pruned variant) into the bundle."""
 
-    def __init__(self, writer: BundleWriter, jobs, calib, verify_set, scratch: Path, total: int):
+    def __init__(self, writer: BundleWriter, jobs, calib, verify_set, scratch: Path, total: int,
+                 flip_average: bool = False):
         self.writer, self.jobs, self.calib, self.verify_set = writer, jobs, calib, verify_set
         self.scratch, self.total, self.done = scratch, total, 0
+        self.flip_average = flip_average  # verified as the device will run it
 
     def run(self, model, ref: Reference, tag: str | None = None, pruning: dict | None = None) -> list[dict]:
         records, onnx_fp32, ov_model = [], None, None
@@ -141,7 +147,7 @@ class _Exporter:
             seconds = time.perf_counter() - started
             log.info("[%d/%d] %s: converted in %.1f s; verifying on %d faces", self.done, self.total, aid, seconds,
                      len(self.verify_set))
-            check = verify(target, fmt, prec, self.verify_set.x, self.verify_set.y, ref)
+            check = verify(target, fmt, prec, self.verify_set.x, self.verify_set.y, ref, self.flip_average)
             paths = [self.writer.path(f) for f in files]
             record = {
                 "id": aid, "format": fmt, "precision": prec, "files": files,
@@ -164,7 +170,8 @@ class _Exporter:
 
 def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=None, calib_count: int = 300,
                  data=None, labels=None, prune=None, allow_drop: bool = False, add_softmax: bool = False,
-                 progress: bool = True, finetune_epochs: int = 2, seed: int = 0, skip=None) -> Bundle:
+                 progress: bool = True, finetune_epochs: int = 2, seed: int = 0, skip=None,
+                 flip_average: bool | None = None) -> Bundle:
     """Export a trained tf-keras model to a verified bundle in `out_dir`; returns the loaded bundle.
 
     formats: tflite, onnx, openvino (default all); precisions: fp32, fp16, dynamic, int8 (default
@@ -172,7 +179,8 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
     leave out, e.g. "openvino-fp32". calib: folder of faces
     (default the shipped sample), calib_count of them. data: labelled faces for verification (its
     test split) and for pruning's fine-tuning (its train split); default the shipped sample.
-    prune: e.g. "magnitude:0.5,structured:0.25". Raises ValueError / FileNotFoundError /
+    prune: e.g. "magnitude:0.5,structured:0.25". flip_average: None keeps the model's spec; True/False
+    sets it in the bundle's spec (verification then runs that way too). Raises ValueError / FileNotFoundError /
     PermissionError with one line naming the file on bad input; the previous bundle at `out_dir`
     survives any failure or interruption.
     """
@@ -198,6 +206,10 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
 
         log.info("loading %s", model_path)
         source = load_source(model_path, labels=labels, add_softmax=add_softmax)
+        if flip_average is not None:
+            source = dataclasses.replace(source, spec=source.spec.replace(flip_average=flip_average))
+        if source.spec.flip_average:
+            log.info("the model runs flip-averaged: every face and its mirror image (2x inference)")
         model = source.model
         from models.architectures import count_macs
 
@@ -211,18 +223,19 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
         log.info("verification: %d faces from %s", len(verify_set), verify_set.source)
         if not len(verify_set):
             raise ValueError(f"{verify_set.source}: no verification images")
-        ref_probs = keras_predict(model, verify_set.x)
+        ref_probs = keras_predict(model, verify_set.x, source.spec.flip_average)
         ref_acc = accuracy(ref_probs, verify_set.y)
         if ref_acc is not None:
             log.info("Keras source accuracy on the verification faces: %.2f %%", ref_acc * 100)
 
-        exporter = _Exporter(writer, jobs, calib_set, verify_set, Path(scratch), len(jobs) * (1 + len(requests)))
+        exporter = _Exporter(writer, jobs, calib_set, verify_set, Path(scratch), len(jobs) * (1 + len(requests)),
+                             source.spec.flip_average)
         artifacts = exporter.run(model, Reference(ref_probs, ref_acc, ref_acc))
         reports = []
         for request in requests:
             pruned, report, brief = _prune(source, request, train, verify_set, ref_acc, finetune_epochs, seed,
                                            progress)
-            probs = keras_predict(pruned, verify_set.x)
+            probs = keras_predict(pruned, verify_set.x, source.spec.flip_average)
             variant = exporter.run(pruned, Reference(probs, accuracy(probs, verify_set.y), ref_acc), request.tag,
                                    brief)
             report["gzip_bytes"] = _gzip_comparison(artifacts, variant)
@@ -317,7 +330,7 @@ def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: in
                  "tag": request.tag}
     else:
         pruned, notes = pruning.structured_prune(model, request.amount)
-        before = accuracy(keras_predict(pruned, verify_set.x), verify_set.y)
+        before = accuracy(keras_predict(pruned, verify_set.x, source.spec.flip_average), verify_set.y)
         pruning.fine_tune(pruned, train, source.spec, epochs=epochs, lr=3e-4, seed=seed, verbose=verbose)
         report.update({
             "fraction": request.amount, "notes": notes, "finetune_lr": 3e-4,
@@ -329,7 +342,7 @@ def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: in
             log.info("  %s", note)
         brief = {"method": "structured", "fraction": request.amount, "tag": request.tag,
                  **{k: report[k] for k in ("parameters_before", "parameters_after", "macs_before", "macs_after")}}
-    after = accuracy(keras_predict(pruned, verify_set.x), verify_set.y)
+    after = accuracy(keras_predict(pruned, verify_set.x, source.spec.flip_average), verify_set.y)
     report["keras_accuracy"] = {"source": ref_acc, "pruned_before_finetune": before, "pruned": after}
     report["seconds"] = round(time.perf_counter() - started, 1)
     brief["keras_accuracy"] = after

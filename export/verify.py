@@ -19,6 +19,7 @@ import numpy as np
 
 from benchmarks.metrics import top1_agreement
 from edge.backends import open_artifact
+from edge.tta import with_flip_average
 
 MIN_AGREEMENT = 0.995
 MAX_ACCURACY_DROP = 0.01
@@ -55,8 +56,8 @@ def backend_options(fmt: str, precision: str) -> dict:
     return {"precision_hint": "f32"} if fmt == "openvino" and precision in ("fp32", "fp16") else {}
 
 
-def _run(path, x: np.ndarray, options: dict):
-    backend = open_artifact(path, **options)
+def _run(path, x: np.ndarray, options: dict, flip_average: bool = False):
+    backend = with_flip_average(open_artifact(path, **options), flip_average)
     try:
         return predict(backend, x), backend.precision, backend.runtime
     finally:
@@ -67,10 +68,11 @@ def predict(backend, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate([backend.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def verify(path, fmt: str, precision: str, x: np.ndarray, y: np.ndarray | None, ref: Reference) -> dict:
-    """The manifest's verification record for one artifact file."""
+def verify(path, fmt: str, precision: str, x: np.ndarray, y: np.ndarray | None, ref: Reference,
+           flip_average: bool = False) -> dict:
+    """The manifest's verification record for one artifact file (run flip-averaged if the model is)."""
     options = backend_options(fmt, precision)
-    probs, ran, runtime = _run(path, x, options)
+    probs, ran, runtime = _run(path, x, options, flip_average)
     acc = accuracy(probs, y)
     rule = threshold(precision, acc is not None and ref.accuracy is not None)
     record = {
@@ -90,7 +92,7 @@ def verify(path, fmt: str, precision: str, x: np.ndarray, y: np.ndarray | None, 
     }
     record["passed"], record["failure"] = _judge(record, rule)
     if options:  # what this device runs when nobody asks for a precision
-        default_probs, default_ran, _ = _run(path, x, {})
+        default_probs, default_ran, _ = _run(path, x, {}, flip_average)
         record["device_default"] = {"ran_precision": default_ran,
                                     "agreement": top1_agreement(default_probs, ref.probs),
                                     "max_abs_diff": float(np.max(np.abs(default_probs - ref.probs))),

@@ -12,6 +12,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write metrics.json, report.txt and confusion.png here")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or malformed images")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of tables")
+    p.add_argument("--flip-average", choices=("spec", "on", "off"), default="spec",
+                   help="average each face with its mirror image: as the model's preprocess.json says "
+                        "(default), or force it on/off to measure what it buys")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,11 +30,13 @@ def run(args: argparse.Namespace) -> int:
     split = args.split
     if split is None and (Path(data).suffix.lower() == ".csv" or (Path(data) / "test").is_dir()):
         split = "test"
-    report = evaluate_path(model, data, split, out_dir=args.out, skip_bad=args.skip_bad)
+    flip = {"spec": None, "on": True, "off": False}[args.flip_average]
+    report = evaluate_path(model, data, split, out_dir=args.out, skip_bad=args.skip_bad, flip_average=flip)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{report['model']} on {report['data']}: {report['num_samples']} faces\n")
+        flipped = " (flip-averaged)" if report["flip_average"] else ""
+        print(f"{report['model']}{flipped} on {report['data']}: {report['num_samples']} faces\n")
         print(format_report(report))
         print("\nconfusion matrix (rows: true, columns: predicted)")
         print(format_confusion(report["confusion_matrix"], report["labels"]))

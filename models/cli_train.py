@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--swa-epochs", type=int, default=d.swa_epochs,
                    help="save the average of the last N epochs' weights instead of the best epoch "
                         "(stochastic weight averaging; use with --lr-schedule constant; default: off)")
+    p.add_argument("--flip-average", action="store_true",
+                   help="run the trained model on each face and its mirror image and average (recorded in its "
+                        "preprocess.json, so eval, export, runtime and bench all do it; 2x inference per face)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.preprocess import preprocess
+from edge.tta import flip_averaged
 
 log = logging.getLogger("feredge.distill")
 
@@ -44,8 +45,7 @@ def teacher_probabilities(teacher: str | Path, images: np.ndarray, classes, *, b
     out = np.empty((len(images), len(classes)), np.float32)
     for start in range(0, len(images), batch_size):
         x = preprocess(images[start:start + batch_size], files.spec)
-        p = model.predict_on_batch(x) + model.predict_on_batch(x[:, :, ::-1])
-        out[start:start + batch_size] = np.asarray(p)[:, order] / 2
+        out[start:start + batch_size] = flip_averaged(model.predict_on_batch, x)[:, order]
     return out
 
 

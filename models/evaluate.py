@@ -13,17 +13,19 @@ import numpy as np
 from benchmarks.metrics import classification_report, format_confusion, format_report
 from edge.fileio import write_text_atomic
 from edge.preprocess import PreprocessSpec, preprocess
+from edge.tta import flip_averaged
 from models.datasets import LabelledImages
 
 log = logging.getLogger("feredge.eval")
 
 
 def predict_probs(model, images: np.ndarray, spec: PreprocessSpec, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities for uint8 face crops, preprocessed in chunks to bound memory."""
+    """Class probabilities for uint8 face crops, preprocessed in chunks to bound memory; flip-averaged
+    when the spec says so, as on the device."""
     out = []
     for start in range(0, len(images), batch_size):
         x = preprocess(images[start:start + batch_size], spec)
-        out.append(model.predict_on_batch(x))
+        out.append(flip_averaged(model.predict_on_batch, x) if spec.flip_average else model.predict_on_batch(x))
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
@@ -61,8 +63,12 @@ def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
 
 
 def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = None, *,
-                  out_dir: str | Path | None = None, skip_bad: bool = False) -> dict:
-    """Load a trained model (run directory or file) and evaluate it on a labelled set."""
+                  out_dir: str | Path | None = None, skip_bad: bool = False,
+                  flip_average: bool | None = None) -> dict:
+    """Load a trained model (run directory or file) and evaluate it on a labelled set.
+
+    flip_average: None runs the model as its spec says; True/False overrides that, to measure both.
+    """
     from models.datasets import load_dataset
     from models.run_dir import locate_model
     from models.tf_env import keras
@@ -73,6 +79,8 @@ def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = 
     except Exception as exc:  # Keras raises many types for a damaged file
         raise ValueError(f"{files.model}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     spec = files.spec or _spec_from_model(model)
+    if flip_average is not None:
+        spec = spec.replace(flip_average=flip_average)
     labels = files.labels
     if labels is None:
         raise ValueError(f"{files.model}: no labels.json beside the model; the class order is unknown")
@@ -82,8 +90,10 @@ def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = 
     report = evaluate_model(model, dataset, spec, labels)
     report["model"] = str(files.model)
     report["data"] = str(data) + (f" [{split}]" if split else "")
+    report["flip_average"] = spec.flip_average
     if out_dir:
-        write_evaluation(report, out_dir, title=f"{Path(files.model).name} on {report['data']}")
+        title = f"{Path(files.model).name}{' (flip-averaged)' if spec.flip_average else ''} on {report['data']}"
+        write_evaluation(report, out_dir, title=title)
     return report
 
 

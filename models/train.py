@@ -61,6 +61,7 @@ class TrainConfig:
     distill_temperature: float = 2.0
     init_from: str | None = None  # a trained model (.keras or run folder) whose weights start this run
     swa_epochs: int = 0  # ship the average of the last N epochs' weights (models/swa.py), not the best epoch
+    flip_average: bool = False  # the model is to be run flip-averaged (edge.tta); recorded in its spec
 
     def validate(self) -> None:
         if self.lr_schedule not in ("cosine", "plateau", "constant"):
@@ -281,7 +282,8 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
         if cfg.input_size:
             h = w = cfg.input_size
         spec = PreprocessSpec(height=h, width=w, channels=c, equalize=cfg.equalize,
-                              normalize="unit" if cfg.normalize == "zscore" else cfg.normalize)
+                              normalize="unit" if cfg.normalize == "zscore" else cfg.normalize,
+                              flip_average=cfg.flip_average)
         if cfg.normalize == "zscore":
             spec = fit_zscore(train_set.images, spec)
         spec.save(run / SPEC_FILE)
