@@ -28,6 +28,8 @@ def apply_gate(records: list[dict], max_drop: float) -> None:
                 flags.append(f"drops {100 * r['accuracy_drop']:.2f} points (> {max_drop:g})")
             if r.get("noisy"):
                 flags.append("noisy timing")
+            if r.get("flip_average"):
+                flags.append("flip-averaged: 2 inferences per face, both timed")
         r["flags"] = flags
 
 

@@ -154,9 +154,9 @@ def run(args) -> int:
     except (BackendError, BundleError) as exc:
         raise ValueError(str(exc)) from None
     load_s = time.perf_counter() - load_started
-    log.info("backend: %s (%s, ran as %s) via %s, threads %s; chosen by %s", choice.artifact.id,
+    log.info("backend: %s (%s, ran as %s) via %s, threads %s; chosen by %s%s", choice.artifact.id,
              bundle.path(choice.artifact).name, backend.precision, backend.runtime, choice.threads or "default",
-             choice.reason)
+             choice.reason, "; flip-averaged (2 inferences per face)" if bundle.spec.flip_average else "")
 
     source_text = args.source if args.source is not None else str(SAMPLE_DIR)
     is_default_source = args.source is None

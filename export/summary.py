@@ -84,7 +84,9 @@ def format_summary(manifest: dict) -> str:
              f"{model['macs'] / 1e6:.2f} M MACs, output {model['output']}",
              f"verification: {ver['count']} faces from {ver['source']}; Keras accuracy "
              f"{_pct(ver.get('keras_accuracy'))}; calibration: {manifest['calibration']['count']} faces from "
-             f"{manifest['calibration']['source']}",
+             f"{manifest['calibration']['source']}"
+             + ("; every figure is flip-averaged (face and mirror image)"
+                if manifest.get("preprocess", {}).get("flip_average") else ""),
              "", format_table(manifest["artifacts"]), ""]
     for a in manifest["artifacts"]:
         d = a["verification"].get("device_default")

@@ -95,6 +95,22 @@ def test_bench_worker_times_and_scores_both_passes(bundle, faces, tmp_path):
     assert not np.allclose(np.load(tmp_path / "plain.npy"), expected, atol=1e-3)
 
 
+def test_bench_rows_of_a_flip_averaged_bundle_say_so(bundle, tmp_path):
+    from benchmarks.harness import BenchOptions, run_bench
+    from benchmarks.recommend import apply_gate
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.root, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocess"]["flip_average"] = True
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    opts = BenchOptions(select=("tflite-fp32",), warmup_s=0, min_s=0, min_runs=3, reference="artifact")
+    records = run_bench(copy, opts, progress=False)["records"]
+    apply_gate(records, max_drop=1.0)
+    assert [r["flip_average"] for r in records] == [True]
+    assert any("flip-averaged" in flag for flag in records[0]["flags"])
+
+
 def test_keras_evaluation_follows_the_override(tmp_path):
     import cv2
 
