@@ -52,6 +52,7 @@ def describe_run(run: str | Path, data, split: str | None) -> dict:
     return {
         "run": str(run),
         "arch": config.get("arch", model.name),
+        "label": row_label(config.get("arch", model.name), config),
         "parameters": int(model.count_params()),
         "macs": count_macs(model),
         "accuracy": report["accuracy"],
@@ -68,21 +69,61 @@ def describe_run(run: str | Path, data, split: str | None) -> dict:
     }
 
 
+def row_label(arch: str, config: dict) -> str:
+    """The table's name for a run: its architecture, and how it was trained if not from scratch alone."""
+    how = [word for word, used in (("distilled", config.get("teachers")), ("fine-tuned", config.get("init_from")))
+           if used]
+    return f"{arch} ({', '.join(how)})" if how else arch
+
+
+def merge_rows(*row_lists: list[dict]) -> list[dict]:
+    """One table from several record files; a later row replaces an earlier one of the same label."""
+    merged: dict[str, dict] = {}
+    for rows in row_lists:
+        for row in rows:
+            merged.pop(_name(row), None)
+            merged[_name(row)] = row
+    return list(merged.values())
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such comparison file") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    needed = ("arch", "accuracy", "macro_f1", "parameters", "macs", "recall")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in needed) for r in rows):
+        raise ValueError(f"{path}: expected a list of 'feredge compare' records with {', '.join(needed)}")
+    return rows
+
+
+def _name(row: dict) -> str:
+    return row.get("label") or row["arch"]
+
+
+def _cell_name(row: dict) -> str:
+    return _name(row) + (f" ({row['note']})" if row.get("note") else "")
+
+
 def format_markdown(rows: list[dict]) -> str:
     head = ("| network | accuracy | macro-F1 | parameters | MACs | s/epoch | epochs (best) | "
             "train h | Keras ms/face |")
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['arch']} | {100 * r['accuracy']:.2f} % | {r['macro_f1']:.4f} | {r['parameters']:,} | "
-            f"{r['macs'] / 1e6:.1f} M | {_num(r['seconds_per_epoch'], '.0f')} | "
-            f"{r['epochs_trained']} ({r['best_epoch']}) | {_num(r['training_hours'], '.2f')} | "
-            f"{r['keras_ms_per_face']:.2f} |")
+            f"| {_cell_name(r)} | {100 * r['accuracy']:.2f} % | {r['macro_f1']:.4f} | {r['parameters']:,} | "
+            f"{r['macs'] / 1e6:.1f} M | {_num(r.get('seconds_per_epoch'), '.0f')} | "
+            f"{_num(r.get('epochs_trained'), '')} ({_num(r.get('best_epoch'), '')}) | "
+            f"{_num(r.get('training_hours'), '.2f')} | "
+            f"{_num(r.get('keras_ms_per_face'), '.2f')} |")
     labels = list(rows[0]["recall"]) if rows else []
     lines += ["", "| network | " + " | ".join(f"{label} recall" for label in labels) + " |",
               "|---|" + "---:|" * len(labels)]
     for r in rows:
-        lines.append(f"| {r['arch']} | " + " | ".join(f"{100 * r['recall'][label]:.1f} %" for label in labels) + " |")
+        lines.append(f"| {_cell_name(r)} | " + " | ".join(f"{100 * r['recall'][label]:.1f} %" for label in labels) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -95,13 +136,17 @@ def add_arguments(p) -> None:
     p.add_argument("--data", required=True, help="labelled test data (a folder with test/, class folders or the CSV)")
     p.add_argument("--split", help="split of --data (default: test when the data has one)")
     p.add_argument("--out", help="write the table here (.md) and the records beside it (.json)")
+    p.add_argument("--keep", metavar="JSON", action="append", default=[],
+                   help="records of earlier runs to keep in the table (a comparison .json, e.g. "
+                        "models/pretrained/comparison.json); rows measured now replace same-named ones")
 
 
 def run(args) -> int:
     split = args.split
     if split is None and (Path(args.data).suffix.lower() == ".csv" or (Path(args.data) / "test").is_dir()):
         split = "test"
-    rows = [describe_run(r, args.data, split) for r in args.runs]
+    kept = [load_rows(path) for path in args.keep]
+    rows = merge_rows(*kept, [describe_run(r, args.data, split) for r in args.runs])
     table = format_markdown(rows)
     print(table)
     if args.out:

@@ -20,6 +20,7 @@ from edge.tta import flip_averaged
 log = logging.getLogger("feredge.distill")
 
 TARGETS_FILE = "teacher_targets.npy"
+TEACHERS_FILE = "teachers.json"  # who the teachers were, kept with the run: a teacher path may later change
 
 
 def soften(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -53,6 +54,27 @@ def distilled_targets(onehot: np.ndarray, teachers: list[np.ndarray], alpha: flo
     """(1 - alpha) * true label + alpha * the teachers' mean distribution softened at `temperature`."""
     soft = soften(np.mean(teachers, axis=0), temperature)
     return ((1 - alpha) * onehot + alpha * soft).astype(np.float32)
+
+
+def describe_teacher(teacher: str | Path) -> dict:
+    """What identifies a teacher and what it cost, read now: its folder may later hold another model."""
+    import json
+
+    from edge.bundle import sha256_file
+    from models.run_dir import locate_model, run_record
+
+    files = locate_model(teacher)
+    folder = Path(files.model).parent
+    record = run_record(folder)
+    seconds = record["history"].get("seconds", [])
+    metrics = [m for m in (folder / "metrics.json", folder / "test-eval" / "metrics.json") if m.is_file()]
+    accuracy = json.loads(metrics[0].read_text()).get("accuracy") if metrics else None
+    arch = record["config"].get("arch")
+    if arch is None:  # a shipped folder from before it kept config.json: the network's own name
+        from models.tf_env import keras
+        arch = keras.models.load_model(files.model, compile=False).name
+    return {"path": str(teacher), "model_sha256": sha256_file(files.model), "arch": arch, "test_accuracy": accuracy,
+            "training_hours": sum(seconds) / 3600 if seconds else None, "epochs": len(seconds) or None}
 
 
 def build_targets(teachers, images: np.ndarray, labels: np.ndarray, classes, alpha: float,

@@ -2,10 +2,13 @@
 
     python -m models.model_card runs/edge --data path/to/fer2013 --compare comparison.json
 
-copies model.keras, preprocess.json and labels.json into models/pretrained/, evaluates the model
-on the data's test split, copies the confusion matrix and training curves beside it, and writes
-MODEL_CARD.md: every number in the card comes from this evaluation, the run's own history and
-config, or the `feredge compare` records given with --compare.
+copies model.keras, preprocess.json and labels.json into models/pretrained/ with the run's small
+record files (config, history, final state, teachers), so the shipped folder stays a run that
+later runs can start from, distil from or compare with after the run folder is gone. It evaluates
+the model on the data's test split, copies the confusion matrix and training curves beside it, keeps
+the comparison records as comparison.json, and writes MODEL_CARD.md: every number in the card
+comes from this evaluation, the run's own history and config, or the `feredge compare` records
+given with --compare. Sections of the old card between <!-- hand-written --> markers are kept.
 """
 from __future__ import annotations
 
@@ -47,7 +50,8 @@ consent of the people filmed. Facial expressions are not reliable readouts of in
 
 
 def card_text(run: Path, report: dict, config: dict, history: dict, params: int, macs: int,
-              comparison: list[dict] | None, data: str) -> str:
+              comparison: list[dict] | None, data: str, teachers: list[dict] | None = None,
+              kept: list[str] = ()) -> str:
     from models.architectures import ARCHITECTURES
     from models.compare import format_markdown
     from models.run_dir import base_run
@@ -80,9 +84,8 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         f"{config.get('seed')}. Trained {len(seconds)} epochs"
         + (f" ({statistics.median(seconds):.0f} s per epoch on 2 CPU cores, {sum(seconds) / 3600:.1f} h in all)"
            if seconds else "") + "; " + _selection_text(report)
-        + (f" Distilled from {', '.join(f'`{t}`' for t in config['teachers'])} (alpha "
-           f"{config.get('distill_alpha')}, temperature {config.get('distill_temperature')}); with the teachers' "
-           f"own training, {hours + _teacher_hours(config):.1f} h in all." if config.get("teachers") else ""),
+        + (f" Soft targets: alpha {config.get('distill_alpha')}, temperature {config.get('distill_temperature')}."
+           + _teacher_text(teachers or [], hours) if config.get("teachers") else ""),
         "",
         "![training curves](history.png)", "",
         "## Evaluation", "",
@@ -99,6 +102,11 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         if missing:
             lines += [f"Not in this table yet: {', '.join(f'`{m}`' for m in missing)}, still training with the same "
                       "recipe (runs of several hours each on this machine, resumed across sessions).", ""]
+        if any(r.get("note") for r in comparison):
+            lines += ["Rows with a note in brackets are kept from earlier measurements (models/pretrained/"
+                      "comparison.json) whose run folders are gone; see the notes below.", ""]
+    for block in kept:
+        lines += [block, ""]
     lines += ["## Known limitations", "", LIMITATIONS, "## Intended and unintended uses", "", USES]
     return "\n".join(lines)
 
@@ -144,14 +152,47 @@ def _train_command(config: dict, base: dict | None = None) -> str:
     return " ".join(part for part in parts if part)
 
 
-def _teacher_hours(config: dict) -> float:
-    """Training hours of the teachers a distilled run learnt from (what its accuracy also cost)."""
-    hours = 0.0
-    for teacher in config.get("teachers") or ():
-        history = Path(teacher) / "history.json"
-        if history.exists():
-            hours += sum(json.loads(history.read_text()).get("seconds", [])) / 3600
-    return hours
+def _teacher_text(teachers: list[dict], hours: float) -> str:
+    """Who taught the model, identified by file hash (a teacher folder such as models/pretrained may
+    since hold another model), and what the whole lineage cost where the teachers' history is known."""
+    named = []
+    for t in teachers:
+        facts = [f"model sha256 {t['model_sha256'][:12]}"]
+        if t.get("test_accuracy") is not None:
+            facts.append(f"{100 * t['test_accuracy']:.2f} % on PublicTest")
+        if t.get("training_hours"):
+            facts.append(f"{t['training_hours']:.1f} h of training")
+        named.append(f"`{t.get('arch') or 'model'}` from `{t['path']}` ({', '.join(facts)})")
+    known = [t["training_hours"] for t in teachers if t.get("training_hours")]
+    total = (f" With the teachers' own training, {hours + sum(known):.1f} h in all."
+             if len(known) == len(teachers) else
+             " The teachers' own training hours are not all on record, so they are not added here.")
+    return f" Distilled from {', '.join(named)}." + total
+
+
+def _teachers(run: Path, config: dict) -> list[dict]:
+    from models.distill import TEACHERS_FILE, describe_teacher
+
+    recorded = run / TEACHERS_FILE
+    if recorded.is_file():
+        return json.loads(recorded.read_text())
+    return [describe_teacher(t) for t in config.get("teachers") or ()]  # runs from before teachers.json
+
+
+HAND_WRITTEN = ("<!-- hand-written -->", "<!-- /hand-written -->")
+
+
+def hand_written_sections(card: str) -> list[str]:
+    """Blocks of an existing card between the hand-written markers, which re-shipping keeps."""
+    start, end = HAND_WRITTEN
+    blocks, rest = [], card
+    while start in rest and end in rest.split(start, 1)[1]:
+        inside, rest = rest.split(start, 1)[1].split(end, 1)
+        blocks.append(start + inside + end)
+    return blocks
+
+
+RECORD_FILES = ("config.json", "history.json", "teachers.json")  # small; keep the shipped folder a run record
 
 
 def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Path = PRETRAINED_DIR) -> dict:
@@ -170,12 +211,26 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
             report["averaged_epochs"] = state["swa_averaged"]
     model = keras.models.load_model(run / "model.keras", compile=False)
     comparison = json.loads(Path(comparison_file).read_text()) if comparison_file else None
+    teachers = _teachers(run, config)  # before `out` is overwritten: the teacher may be the model shipped there
+    old_card = out / "MODEL_CARD.md"
+    kept = hand_written_sections(old_card.read_text()) if old_card.is_file() else []
     out.mkdir(parents=True, exist_ok=True)
     for name in ("model.keras", "preprocess.json", "labels.json", "history.png"):
         shutil.copy2(run / name, out / name)
+    for name in RECORD_FILES:
+        if (run / name).is_file():
+            shutil.copy2(run / name, out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    if teachers:
+        write_text_atomic(out / "teachers.json", json.dumps(teachers, indent=2) + "\n")
+    write_text_atomic(out / "state.json", json.dumps(state, indent=2) + "\n")
     shutil.copy2(run / "test-eval" / "confusion.png", out / "confusion.png")
     write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
-    text = card_text(run, report, config, history, model.count_params(), count_macs(model), comparison, data)
+    if comparison:
+        write_text_atomic(out / "comparison.json", json.dumps(comparison, indent=2) + "\n")
+    text = card_text(run, report, config, history, model.count_params(), count_macs(model), comparison, data,
+                     teachers, kept)
     write_text_atomic(out / "MODEL_CARD.md", text)
     return report
 

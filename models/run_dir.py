@@ -67,13 +67,20 @@ def save_labels(path: str | Path, labels) -> None:
 
 
 def run_record(run: str | Path) -> dict:
-    """A run's config, history and final training state (empty dicts where a file is missing)."""
+    """A run's config, history and final training state (empty dicts where a file is missing).
+
+    A shipped model folder (models/pretrained) keeps the same files, its state.json beside them.
+    """
     run = Path(run)
 
-    def read(name):
-        file = run / name
-        return json.loads(file.read_text()) if file.is_file() else {}
-    return {"config": read("config.json"), "history": read("history.json"), "state": read("checkpoint/state.json")}
+    def read(*names):
+        for name in names:
+            file = run / name
+            if file.is_file():
+                return json.loads(file.read_text())
+        return {}
+    return {"config": read("config.json"), "history": read("history.json"),
+            "state": read("checkpoint/state.json", "state.json")}
 
 
 def base_run(config: dict) -> dict | None:

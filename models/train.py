@@ -139,7 +139,7 @@ def training_targets(cfg: TrainConfig, run: Path, train_set: LabelledImages, res
     onehot = np.eye(len(train_set.classes), dtype=np.float32)[train_set.labels]
     if not cfg.teachers:
         return onehot
-    from models.distill import TARGETS_FILE, build_targets
+    from models.distill import TARGETS_FILE, TEACHERS_FILE, build_targets, describe_teacher
 
     stored = run / TARGETS_FILE
     if resume and stored.exists():
@@ -147,6 +147,7 @@ def training_targets(cfg: TrainConfig, run: Path, train_set: LabelledImages, res
         if targets.shape == onehot.shape:
             return targets
         log.warning("%s: shape %s does not fit %d images; labelling again", stored, targets.shape, len(train_set))
+    write_text_atomic(run / TEACHERS_FILE, json.dumps([describe_teacher(t) for t in cfg.teachers], indent=2) + "\n")
     targets = build_targets(cfg.teachers, train_set.images, train_set.labels, train_set.classes,
                             cfg.distill_alpha, cfg.distill_temperature)
     tmp = stored.with_name(".tmp." + stored.name)

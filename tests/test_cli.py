@@ -109,18 +109,31 @@ def test_eval_without_arguments_uses_the_shipped_model_and_sample():
 
 
 def test_model_card_is_written_from_measured_figures(trained_run, synthetic_dataset, tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    note = "<!-- hand-written -->\n## Notes\n\nMeasured by hand: 12.34 %.\n<!-- /hand-written -->"
+    (shipped / "MODEL_CARD.md").write_text(f"# Model card: `old`\n\nold text\n\n{note}\n\nmore old text\n")
+    kept_row = {"arch": "seed000", "note": "kept from an earlier session", "accuracy": 0.6612, "macro_f1": 0.5983,
+                "parameters": 1799591, "macs": 118_100_000, "recall": {"angry": 0.608}}
+    (tmp_path / "cmp.json").write_text(json.dumps([kept_row]))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-m", "models.model_card", str(trained_run), "--data",
-                             str(synthetic_dataset), "--out", str(tmp_path / "shipped")],
+                             str(synthetic_dataset), "--out", str(shipped), "--compare", str(tmp_path / "cmp.json")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    shipped = tmp_path / "shipped"
     metrics = json.loads((shipped / "metrics.json").read_text())
     card = (shipped / "MODEL_CARD.md").read_text()
     assert f"{100 * metrics['accuracy']:.2f} %" in card and "106,503 parameters" in card
     assert "--arch seed001" in card and "Known limitations" in card and "| disgust |" in card
-    for name in ("model.keras", "preprocess.json", "labels.json", "confusion.png", "history.png"):
+    assert note in card and "old text" not in card  # the hand-written block survives, the rest is rewritten
+    assert "| seed000 (kept from an earlier session) | 66.12 % |" in card
+    for name in ("model.keras", "preprocess.json", "labels.json", "confusion.png", "history.png",
+                 "config.json", "history.json", "state.json", "comparison.json"):
         assert (shipped / name).is_file(), name
+    # the shipped folder is a run record of its own: compare reads it like the run it came from
+    from models.run_dir import run_record
+    assert run_record(shipped)["state"] == run_record(trained_run)["state"]
+    assert run_record(shipped)["history"] == run_record(trained_run)["history"]
 
 
 def test_model_card_training_command_reproduces_the_config():
@@ -167,3 +180,58 @@ def test_model_card_of_a_fine_tuned_run_gives_both_stages(tmp_path):
     assert "--init-from runs/edge " in commands[1] + " " and "--swa-epochs 25" in commands[1]
     assert "last 25 epochs is shipped" in card and "best PublicTest accuracy" not in card
     assert "first stage took 3.0 h, both 4.0 h" in card
+
+
+def test_model_card_names_teachers_by_hash_and_counts_their_hours(tmp_path):
+    import dataclasses
+
+    from models.model_card import card_text
+    from models.train import TrainConfig
+
+    config = dataclasses.asdict(TrainConfig(data="fer", arch="edge", out="x", epochs=2,
+                                            teachers=["models/pretrained"]))
+    per_class = {"angry": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}}
+    report = {"accuracy": 0.5, "macro_f1": 0.5, "weighted_f1": 0.5, "num_samples": 2, "per_class": per_class,
+              "best_epoch": 2}
+    teacher = {"path": "models/pretrained", "model_sha256": "0123456789abcdef" * 4, "arch": "edge",
+               "test_accuracy": 0.6824, "training_hours": 3.73, "epochs": 100}
+    card = card_text(tmp_path, report, config, {"seconds": [1800.0] * 2}, 10, 10, None, "fer", [teacher])
+    assert ("Distilled from `edge` from `models/pretrained` (model sha256 0123456789ab, 68.24 % on PublicTest, "
+            "3.7 h of training).") in card
+    assert "4.7 h in all" in card  # 1.0 h of its own + 3.73 h of the teacher's
+    unknown = card_text(tmp_path, report, config, {"seconds": [1800.0] * 2}, 10, 10, None, "fer",
+                        [{**teacher, "training_hours": None}])
+    assert "not all on record" in unknown and "teachers' own training," not in unknown
+
+
+def test_hand_written_sections_are_found_in_order():
+    from models.model_card import hand_written_sections
+
+    card = ("a\n<!-- hand-written -->one<!-- /hand-written -->\nb\n"
+            "<!-- hand-written -->two<!-- /hand-written -->\n<!-- hand-written -->unclosed")
+    assert hand_written_sections(card) == ["<!-- hand-written -->one<!-- /hand-written -->",
+                                           "<!-- hand-written -->two<!-- /hand-written -->"]
+
+
+def test_compare_keeps_earlier_records_and_names_how_a_run_was_trained(tmp_path):
+    from models.compare import format_markdown, load_rows, merge_rows, row_label
+
+    assert row_label("edge", {}) == "edge"
+    assert row_label("edge", {"teachers": ["t"], "init_from": "r"}) == "edge (distilled, fine-tuned)"
+    row = {"arch": "edge", "accuracy": 0.6824, "macro_f1": 0.6737, "parameters": 613639, "macs": 57.1e6,
+           "recall": {"angry": 0.589}}
+    old = [row, {**row, "arch": "seed001", "accuracy": 0.5957}]
+    new = [{**row, "accuracy": 0.70}, {**row, "label": "edge (distilled)", "accuracy": 0.71}]
+    merged = merge_rows(old, new)
+    assert [(r.get("label") or r["arch"], r["accuracy"]) for r in merged] == [
+        ("seed001", 0.5957), ("edge", 0.70), ("edge (distilled)", 0.71)]
+    table = format_markdown(merged)
+    assert "| edge (distilled) | 71.00 % |" in table and "| seed001 | 59.57 % | 0.6737 | 613,639 | 57.1 M | - |" in table
+
+    path = tmp_path / "cmp.json"
+    path.write_text(json.dumps([{"arch": "edge"}]))
+    with pytest.raises(ValueError, match=r"cmp.json: expected a list of 'feredge compare' records"):
+        load_rows(path)
+    path.write_text("[{")
+    with pytest.raises(ValueError, match=r"cmp.json: not valid JSON"):
+        load_rows(path)

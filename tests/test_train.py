@@ -136,6 +136,10 @@ def test_student_learns_from_a_teacher_and_resumes_on_the_same_targets(synthetic
     np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
     assert targets.max(axis=1).mean() < 0.99  # soft, not one-hot: alpha 1 is the teacher alone
     assert report["epochs_trained"] == 2
+    from edge.bundle import sha256_file
+    [teacher] = json.loads((tmp_path / "student" / "teachers.json").read_text())
+    assert teacher["model_sha256"] == sha256_file(tmp_path / "teacher" / "model.keras")
+    assert teacher["epochs"] == 3 and teacher["arch"] == cfg.arch and teacher["training_hours"] > 0
 
     np.save(tmp_path / "student" / TARGETS_FILE, np.full_like(targets, 1 / 7))  # marked: a resume must reuse them
     resume(tmp_path / "student", epochs=3, verbose=0)
