@@ -179,10 +179,10 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
     leave out, e.g. "openvino-fp32". calib: folder of faces
     (default the shipped sample), calib_count of them. data: labelled faces for verification (its
     test split) and for pruning's fine-tuning (its train split); default the shipped sample.
-    prune: e.g. "magnitude:0.5,structured:0.25". flip_average: None keeps the model's spec; True/False
-    sets it in the bundle's spec (verification then runs that way too). Raises ValueError / FileNotFoundError /
-    PermissionError with one line naming the file on bad input; the previous bundle at `out_dir`
-    survives any failure or interruption.
+    prune: e.g. "magnitude:0.5,structured:0.25". flip_average: None keeps the model's spec;
+    True/False sets it in the bundle's spec (verification then runs that way too). Raises
+    ValueError / FileNotFoundError / PermissionError with one line naming the file on bad input;
+    the previous bundle at `out_dir` survives any failure or interruption.
     """
     started = time.perf_counter()
     jobs, skipped = plan(formats, precisions, skip)
