@@ -68,13 +68,18 @@ def test_spec_field_round_trips_and_defaults_to_off(tmp_path):
         PreprocessSpec.load(path)
 
 
-def test_a_bundle_whose_spec_says_so_opens_flip_averaged(bundle, tmp_path):
+def flip_averaged_copy(bundle, tmp_path):
+    """The test bundle with flip_average switched on in its manifest's spec."""
     copy = tmp_path / "bundle"
     shutil.copytree(bundle.root, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["preprocess"]["flip_average"] = True
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    flipped = Bundle.load(copy)
+    return copy
+
+
+def test_a_bundle_whose_spec_says_so_opens_flip_averaged(bundle, tmp_path):
+    flipped = Bundle.load(flip_averaged_copy(bundle, tmp_path))
     with flipped.open(format="tflite", precision="fp32") as backend:
         assert isinstance(backend, FlipAveraged)
     with bundle.open(format="tflite", precision="fp32") as backend:
@@ -99,11 +104,7 @@ def test_bench_rows_of_a_flip_averaged_bundle_say_so(bundle, tmp_path):
     from benchmarks.harness import BenchOptions, run_bench
     from benchmarks.recommend import apply_gate
 
-    copy = tmp_path / "bundle"
-    shutil.copytree(bundle.root, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["preprocess"]["flip_average"] = True
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    copy = flip_averaged_copy(bundle, tmp_path)
     opts = BenchOptions(select=("tflite-fp32",), warmup_s=0, min_s=0, min_runs=3, reference="artifact")
     records = run_bench(copy, opts, progress=False)["records"]
     apply_gate(records, max_drop=1.0)
