@@ -103,8 +103,8 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
             lines += [f"Not in this table yet: {', '.join(f'`{m}`' for m in missing)}, still training with the same "
                       "recipe (runs of several hours each on this machine, resumed across sessions).", ""]
         if any(r.get("note") for r in comparison):
-            lines += ["Rows with a note in brackets are kept from earlier measurements (models/pretrained/"
-                      "comparison.json) whose run folders are gone; see the notes below.", ""]
+            lines += ["Rows with a note in brackets were measured earlier and are kept from "
+                      "models/pretrained/comparison.json; their run folders are gone.", ""]
     for block in kept:
         lines += [block, ""]
     lines += ["## Known limitations", "", LIMITATIONS, "## Intended and unintended uses", "", USES]
@@ -197,6 +197,7 @@ RECORD_FILES = ("config.json", "history.json", "teachers.json")  # small; keep t
 
 def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Path = PRETRAINED_DIR) -> dict:
     from models.architectures import count_macs
+    from models.compare import load_rows
     from models.evaluate import evaluate_path
     from models.run_dir import run_record
     from models.tf_env import keras
@@ -210,7 +211,7 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
         if state.get("swa_averaged"):
             report["averaged_epochs"] = state["swa_averaged"]
     model = keras.models.load_model(run / "model.keras", compile=False)
-    comparison = json.loads(Path(comparison_file).read_text()) if comparison_file else None
+    comparison = load_rows(comparison_file) if comparison_file else None
     teachers = _teachers(run, config)  # before `out` is overwritten: the teacher may be the model shipped there
     old_card = out / "MODEL_CARD.md"
     kept = hand_written_sections(old_card.read_text()) if old_card.is_file() else []
