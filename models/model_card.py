@@ -9,6 +9,11 @@ the model on the data's test split, copies the confusion matrix and training cur
 the comparison records as comparison.json, and writes MODEL_CARD.md: every number in the card
 comes from this evaluation, the run's own history and config, or the `feredge compare` records
 given with --compare. Sections of the old card between <!-- hand-written --> markers are kept.
+
+    python -m models.model_card --comparison-only --compare comparison.json
+
+rewrites only the card's comparison section (and comparison.json), for a seed network trained
+after the shipped model.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 from pathlib import Path
 
 from edge.fileio import write_text_atomic
@@ -53,7 +59,6 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
               comparison: list[dict] | None, data: str, teachers: list[dict] | None = None,
               kept: list[str] = ()) -> str:
     from models.architectures import ARCHITECTURES
-    from models.compare import format_markdown
     from models.run_dir import base_run
 
     seconds = history.get("seconds", [])
@@ -95,20 +100,63 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         "![confusion matrix](confusion.png)", "",
     ]
     if comparison:
-        lines += ["## Comparison with the seed networks", "",
-                  "Same data, same test split, measured on this 2-core x86 machine "
-                  "(`feredge compare RUN... --data DATA`):", "", format_markdown(comparison)]
-        missing = [name for name in COMPARED_SEEDS if name not in {r["arch"] for r in comparison}]
-        if missing:
-            lines += [f"Not in this table yet: {', '.join(f'`{m}`' for m in missing)}, still training with the same "
-                      "recipe (runs of several hours each on this machine, resumed across sessions).", ""]
-        if any(r.get("note") for r in comparison):
-            lines += ["Rows with a note in brackets were measured earlier and are kept from "
-                      "models/pretrained/comparison.json; their run folders are gone.", ""]
+        lines += comparison_section(comparison)
     for block in kept:
         lines += [block, ""]
     lines += ["## Known limitations", "", LIMITATIONS, "## Intended and unintended uses", "", USES]
     return "\n".join(lines)
+
+
+COMPARISON_HEADING = "## Comparison with the seed networks"
+
+
+def comparison_section(rows: list[dict]) -> list[str]:
+    """The card's comparison: seeds in the papers' order (the order the project's issue lists them), then ours."""
+    from models.compare import format_markdown
+
+    rank = {name: i for i, name in enumerate(COMPARED_SEEDS)}
+    rows = sorted(rows, key=lambda r: rank.get(r["arch"], len(rank)))  # stable: our own rows keep their order
+    lines = [COMPARISON_HEADING, "",
+             "Same data, same test split, measured on this 2-core x86 machine "
+             "(`feredge compare RUN... --data DATA`):", "", format_markdown(rows)]
+    missing = [name for name in COMPARED_SEEDS if name not in {r["arch"] for r in rows}]
+    if missing:
+        lines += [f"Not in this table yet: {', '.join(f'`{m}`' for m in missing)}.", ""]
+    if any(r.get("note") for r in rows):
+        lines += ["Rows with a note in brackets were measured earlier and are kept from "
+                  "models/pretrained/comparison.json; their run folders are gone.", ""]
+    return lines
+
+
+def replace_comparison(card: str, rows: list[dict]) -> str:
+    """The card with its comparison section rewritten from `rows`, everything else as it was. The
+    section ends at the next heading or hand-written block, so notes kept beside it survive."""
+    section = "\n".join(comparison_section(rows)) + "\n"
+    if COMPARISON_HEADING in card:
+        before, rest = card.split(COMPARISON_HEADING, 1)
+        ends = [i for i in (rest.find("\n## "), rest.find("\n" + HAND_WRITTEN[0])) if i >= 0]
+        after = rest[min(ends) + 1:] if ends else ""
+        return before + section + after
+    anchor = "## Known limitations"
+    if anchor not in card:
+        raise ValueError(f"the card has neither {COMPARISON_HEADING!r} nor {anchor!r} to put the comparison before")
+    before, after = card.split(anchor, 1)
+    return before + section + anchor + after
+
+
+def update_comparison(comparison_file: str | Path, out: Path = PRETRAINED_DIR) -> list[dict]:
+    """Put new comparison records into the shipped card and comparison.json without re-shipping the
+    model: for a seed network trained after the shipped model, whose own run folder is gone."""
+    from models.compare import load_rows
+
+    rows = load_rows(comparison_file)
+    card_file = out / "MODEL_CARD.md"
+    if not card_file.is_file():
+        raise FileNotFoundError(f"{card_file}: no model card to update; ship a run first")
+    text = replace_comparison(card_file.read_text(), rows)
+    write_text_atomic(out / "comparison.json", json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(card_file, text)
+    return rows
 
 
 def _selection_text(report: dict) -> str:
@@ -238,11 +286,25 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.model_card", description=__doc__.split("\n\n")[0])
-    p.add_argument("run", help="the run directory to ship")
-    p.add_argument("--data", required=True, help="FER-2013 with a test split (folder or CSV)")
+    p.add_argument("run", nargs="?", help="the run directory to ship")
+    p.add_argument("--data", help="FER-2013 with a test split (folder or CSV); needed to ship a run")
     p.add_argument("--compare", help="records written by 'feredge compare ... --out FILE' (its .json)")
     p.add_argument("--out", default=str(PRETRAINED_DIR), help="where the shipped model lives")
+    p.add_argument("--comparison-only", action="store_true",
+                   help="ship nothing: rewrite only the card's comparison section and comparison.json from --compare")
     args = p.parse_args(argv)
+    if args.comparison_only:
+        if not args.compare or args.run:
+            p.error("--comparison-only takes --compare FILE and no run")
+        try:
+            rows = update_comparison(args.compare, Path(args.out))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.out}: comparison of {len(rows)} rows written into MODEL_CARD.md and comparison.json")
+        return 0
+    if not args.run or not args.data:
+        p.error("shipping needs a run directory and --data")
     report = ship(args.run, args.data, args.compare, Path(args.out))
     print(f"shipped {args.run} to {args.out}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
     return 0

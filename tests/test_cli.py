@@ -235,3 +235,36 @@ def test_compare_keeps_earlier_records_and_names_how_a_run_was_trained(tmp_path)
     path.write_text("[{")
     with pytest.raises(ValueError, match=r"cmp.json: not valid JSON"):
         load_rows(path)
+
+
+def test_comparison_only_rewrites_the_table_and_keeps_the_rest_of_the_card(tmp_path, capsys):
+    from models.model_card import main
+
+    row = {"arch": "edge", "accuracy": 0.6824, "macro_f1": 0.6737, "parameters": 613639, "macs": 57.1e6,
+           "recall": {"angry": 0.589}}
+    rows = [row, {**row, "arch": "seed000", "accuracy": 0.6612}, {**row, "arch": "seed003", "accuracy": 0.6400},
+            {**row, "arch": "seed001", "accuracy": 0.5957}]
+    (tmp_path / "cmp.json").write_text(json.dumps(rows))
+    note = "<!-- hand-written -->\nThe seed000 row is a shortened run.\n<!-- /hand-written -->"
+    card = ("# Model card: `edge`\n\nmeasured text\n\n## Comparison with the seed networks\n\n"
+            "| network | accuracy |\n| old-row | 1 % |\n\nNot in this table yet: `seed003`.\n\n"
+            f"{note}\n\n## Known limitations\n\nlimits\n")
+    (tmp_path / "MODEL_CARD.md").write_text(card)
+    assert main(["--comparison-only", "--compare", str(tmp_path / "cmp.json"), "--out", str(tmp_path)]) == 0
+    new = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "old-row" not in new and "Not in this table yet" not in new
+    assert new.startswith("# Model card: `edge`\n\nmeasured text\n\n") and new.endswith(f"{note}\n\n## Known limitations\n\nlimits\n")
+    order = [new.index(f"| {name} | ") for name in ("seed001", "seed003", "seed000", "edge")]
+    assert order == sorted(order)  # the papers' order, our network last
+    assert json.loads((tmp_path / "comparison.json").read_text()) == rows
+
+    # a card without the section gets it before its limitations
+    (tmp_path / "MODEL_CARD.md").write_text("# Model card\n\n## Known limitations\n\nlimits\n")
+    assert main(["--comparison-only", "--compare", str(tmp_path / "cmp.json"), "--out", str(tmp_path)]) == 0
+    new = (tmp_path / "MODEL_CARD.md").read_text()
+    assert new.index("| seed003 | 64.00 % |") < new.index("## Known limitations")
+
+    (tmp_path / "cmp.json").write_text("[{")
+    assert main(["--comparison-only", "--compare", str(tmp_path / "cmp.json"), "--out", str(tmp_path)]) == 2
+    assert "cmp.json: not valid JSON" in capsys.readouterr().err
+    assert "| seed003 | 64.00 % |" in (tmp_path / "MODEL_CARD.md").read_text()  # a failed update changes nothing
