@@ -123,8 +123,9 @@ def comparison_section(rows: list[dict]) -> list[str]:
     if missing:
         lines += [f"Not in this table yet: {', '.join(f'`{m}`' for m in missing)}.", ""]
     if any(r.get("note") for r in rows):
-        lines += ["Rows with a note in brackets were measured earlier and are kept from "
-                  "models/pretrained/comparison.json; their run folders are gone.", ""]
+        lines += ["A note in brackets says how a row's run departs from the recipe or when it was measured. "
+                  "Every row is kept in models/pretrained/comparison.json: run folders here do not "
+                  "outlive a working session.", ""]
     return lines
 
 
