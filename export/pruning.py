@@ -88,15 +88,13 @@ def _batches(images: np.ndarray, y: np.ndarray, spec, num_classes: int, batch_si
 def fine_tune(model, train, spec, *, epochs: int, lr: float, batch_size: int = 64, seed: int = 0,
               callbacks=(), verbose: int = 0) -> None:
     """Plain fine-tuning (no augmentation) on uint8 faces with the model's own preprocessing."""
-    from models.tf_env import keras, tf
+    from models.tf_env import generator_dataset, keras
 
     keras.utils.set_random_seed(seed)
     classes = int(model.output_shape[-1])
     steps = math.ceil(len(train) / batch_size)
-    data = tf.data.Dataset.from_generator(
-        lambda: _batches(train.images, train.y, spec, classes, batch_size, epochs, seed),
-        output_signature=(tf.TensorSpec((None, *spec.input_shape), tf.float32),
-                          tf.TensorSpec((None, classes), tf.float32))).prefetch(2)
+    data = generator_dataset(lambda: _batches(train.images, train.y, spec, classes, batch_size, epochs, seed),
+                             spec.input_shape, (classes,))
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy", metrics=["accuracy"])
     with contextlib.redirect_stdout(sys.stderr):  # Keras prints epoch lines on stdout; ours is the summary
         model.fit(data, epochs=epochs, steps_per_epoch=steps, callbacks=list(callbacks), verbose=verbose)

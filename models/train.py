@@ -134,23 +134,6 @@ def epoch_batches(data: LabelledImages, spec: PreprocessSpec, cfg: TrainConfig, 
         yield x, targets[idx], sample_weights[data.labels[idx]]
 
 
-def _epoch_dataset(batches, spec: PreprocessSpec, num_classes: int):
-    """One epoch's batches as a tf.data pipeline, prefetching two batches while the model trains.
-
-    Autotuning is off: its optimisation thread sleeps in periods that double up to 60 s, and
-    the end of a fit sometimes waits out the current period (seen as epochs of exactly 141.9 s,
-    10 ms x (2^13 - 1) + 60 s, instead of 86 s). A fixed prefetch depth needs no tuning.
-    """
-    from models.tf_env import tf
-
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return tf.data.Dataset.from_generator(
-        batches, output_signature=(tf.TensorSpec((None, *spec.input_shape), tf.float32),
-                                   tf.TensorSpec((None, num_classes), tf.float32),
-                                   tf.TensorSpec((None,), tf.float32))).prefetch(2).with_options(options)
-
-
 def training_targets(cfg: TrainConfig, run: Path, train_set: LabelledImages, resume: bool) -> np.ndarray:
     """One-hot labels, or with teachers the distilled targets (computed once, kept in the run)."""
     onehot = np.eye(len(train_set.classes), dtype=np.float32)[train_set.labels]
@@ -276,7 +259,7 @@ def resume(run: str | Path, *, epochs: int | None = None, verbose: int | None = 
 
 def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
     from models.architectures import build_model, count_macs
-    from models.tf_env import keras
+    from models.tf_env import generator_dataset, keras
 
     resume = ckpt is not None
     run = Path(cfg.out)
@@ -339,8 +322,8 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
         started = time.perf_counter()
         if verbose:
             print(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}", file=sys.stderr, flush=True)
-        batches = _epoch_dataset(lambda e=epoch: epoch_batches(train_set, spec, cfg, e, weights, targets),
-                                 spec, len(classes))
+        batches = generator_dataset(lambda e=epoch: epoch_batches(train_set, spec, cfg, e, weights, targets),
+                                    spec.input_shape, (len(classes),), ())
         result = model.fit(batches, epochs=1, steps_per_epoch=steps, validation_data=(x_val, y_val),
                            validation_batch_size=256, verbose=verbose)
         seconds = time.perf_counter() - started

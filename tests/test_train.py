@@ -174,22 +174,20 @@ def test_weight_average_is_the_mean_and_survives_a_save(tmp_path):
         resumed.add(snapshots[0][:1])
 
 
-def test_epoch_dataset_yields_the_batches_in_order_without_autotuning():
-    from edge.preprocess import PreprocessSpec
+def test_generator_dataset_yields_the_batches_in_order_without_autotuning():
+    from models.tf_env import generator_dataset
 
-    spec = PreprocessSpec(height=8, width=8)
     rng = np.random.default_rng(3)
     batches = [(rng.random((n, 8, 8, 1), dtype=np.float32), np.eye(7, dtype=np.float32)[rng.integers(0, 7, n)],
                 rng.random(n, dtype=np.float32)) for n in (4, 4, 2)]
-    dataset = train_mod._epoch_dataset(lambda: iter(batches), spec, 7)
+    dataset = generator_dataset(lambda: iter(batches), (8, 8, 1), (7,), ())
     # Autotuning's optimisation thread made the end of some epochs wait for up to 60 s.
     assert dataset.options().autotune.enabled is False
     got = list(dataset.as_numpy_iterator())
     assert len(got) == len(batches)
-    for (x, y, w), (ex, ey, ew) in zip(got, batches):
-        np.testing.assert_array_equal(x, ex)
-        np.testing.assert_array_equal(y, ey)
-        np.testing.assert_array_equal(w, ew)
+    for pair in zip(got, batches):
+        for array, expected in zip(*pair):
+            np.testing.assert_array_equal(array, expected)
 
 
 def test_batchnorm_recalibration_measures_the_plain_average_of_the_batches():
