@@ -23,7 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'test' (the data's test split, default), 'split:0.1' (stratified part of train) or a folder")
     p.add_argument("--epochs", type=int, help=f"(default: {d.epochs}; with --resume: extend the run to this many)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of Adam (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--optimizer", default=d.optimizer, choices=("adam", "sgd"),
+                   help="adam, or sgd with Nesterov momentum (default: %(default)s)")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="of sgd (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="decoupled weight decay per step, scaled by the learning rate; biases and batch "
+                        "norm are exempt (default: %(default)s)")
     p.add_argument("--min-lr", type=float, default=d.min_lr)
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=("cosine", "plateau", "constant"))
     p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)

@@ -42,6 +42,9 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-5
     lr_schedule: str = "cosine"  # cosine | plateau | constant
+    optimizer: str = "adam"  # adam | sgd (Nesterov momentum)
+    momentum: float = 0.9  # of sgd
+    weight_decay: float = 0.0  # decoupled, per step x learning rate; not on biases or batch norm
     warmup_epochs: int = 0
     plateau_patience: int = 5
     plateau_factor: float = 0.5
@@ -66,6 +69,10 @@ class TrainConfig:
     def validate(self) -> None:
         if self.lr_schedule not in ("cosine", "plateau", "constant"):
             raise ValueError(f"--lr-schedule must be cosine, plateau or constant, not {self.lr_schedule!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"--optimizer must be adam or sgd, not {self.optimizer!r}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("--weight-decay must be >= 0 and --momentum in [0, 1)")
         if self.class_weights not in ("none", "balanced", "sqrt"):
             raise ValueError(f"--class-weights must be none, balanced or sqrt, not {self.class_weights!r}")
         if self.augment not in PRESETS:
@@ -108,6 +115,41 @@ def learning_rate(cfg: TrainConfig, epoch: int, state: TrainState) -> float:
     if cfg.lr_schedule == "plateau":
         return state.lr or cfg.lr
     return cfg.lr
+
+
+# Variable names that weight decay leaves alone: decaying a scale-invariant network's biases and
+# batch-norm parameters only shrinks what the next layer undoes.
+NO_DECAY = ("bias", "_bn/", "batch_normalization")
+
+
+def build_optimizer(cfg: TrainConfig):
+    from models.tf_env import keras
+
+    decay = cfg.weight_decay or None
+    if cfg.optimizer == "sgd":
+        opt = keras.optimizers.SGD(cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=decay)
+    else:
+        opt = keras.optimizers.Adam(cfg.lr, weight_decay=decay)
+    _exclude_from_weight_decay(opt)
+    return opt
+
+
+def _exclude_from_weight_decay(opt, built: bool = False) -> None:
+    if built:
+        # Keras keeps the exclusions out of a saved optimizer and refuses to set them on a built
+        # (restored) one, but only reads these names when it applies the decay.
+        opt._exclude_from_weight_decay_names = list(NO_DECAY)
+    else:
+        opt.exclude_from_weight_decay(var_names=list(NO_DECAY))
+
+
+def load_checkpoint_model(path: Path):
+    """A checkpointed model with its optimizer state, decaying the same variables as before."""
+    from models.tf_env import keras
+
+    model = keras.models.load_model(path, compile=True)
+    _exclude_from_weight_decay(model.optimizer, built=True)
+    return model
 
 
 def class_weight_vector(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray:
@@ -293,7 +335,7 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
 
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     if resume:
-        model = keras.models.load_model(ckpt / "last.keras", compile=True)
+        model = load_checkpoint_model(ckpt / "last.keras")
         state = TrainState(**json.loads((ckpt / STATE_FILE).read_text()))
         state.stopped_early = False
         log.info("resuming %s after epoch %d of %d", run, state.epochs_done, cfg.epochs)
@@ -301,7 +343,7 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
         model = build_model(cfg.arch, input_shape=spec.input_shape, num_classes=len(classes))
         if cfg.init_from:
             _load_initial_weights(model, cfg.init_from)
-        model.compile(optimizer=keras.optimizers.Adam(cfg.lr), loss=loss, metrics=["accuracy"])
+        model.compile(optimizer=build_optimizer(cfg), loss=loss, metrics=["accuracy"])
         state = TrainState(lr=cfg.lr)
     log.info("%s: %d parameters, %.1f M MACs per face", cfg.arch, model.count_params(), count_macs(model) / 1e6)
 

@@ -34,8 +34,10 @@ def test_training_lowers_loss_and_writes_a_complete_run(synthetic_dataset, tmp_p
     assert json.loads((run / "eval/metrics.json").read_text())["accuracy"] == pytest.approx(report["accuracy"])
 
 
-def test_stopped_run_resumes_where_an_unbroken_run_would_be(synthetic_dataset, tmp_path, monkeypatch):
-    train(_config(synthetic_dataset, tmp_path / "whole"), verbose=0)
+@pytest.mark.parametrize("optimizer", [{}, {"optimizer": "sgd", "lr": 0.03, "weight_decay": 5e-4}],
+                         ids=["adam", "sgd-decay"])
+def test_stopped_run_resumes_where_an_unbroken_run_would_be(synthetic_dataset, tmp_path, monkeypatch, optimizer):
+    train(_config(synthetic_dataset, tmp_path / "whole", **optimizer), verbose=0)
     whole = json.loads((tmp_path / "whole" / "history.json").read_text())
 
     real_save = train_mod._save_checkpoint
@@ -47,7 +49,7 @@ def test_stopped_run_resumes_where_an_unbroken_run_would_be(synthetic_dataset, t
 
     monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(synthetic_dataset, tmp_path / "split"), verbose=0)
+        train(_config(synthetic_dataset, tmp_path / "split", **optimizer), verbose=0)
     monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
     state = json.loads((tmp_path / "split" / "checkpoint" / "state.json").read_text())
     assert state["epochs_done"] == 2
@@ -81,6 +83,42 @@ def test_bad_config_rejected():
         TrainConfig(data="x", augment="wild").validate()
     with pytest.raises(ValueError, match="class-weights"):
         TrainConfig(data="x", class_weights="inverse").validate()
+
+
+def test_bad_optimizer_settings_rejected():
+    with pytest.raises(ValueError, match="--optimizer"):
+        TrainConfig(data="x", optimizer="rmsprop").validate()
+    with pytest.raises(ValueError, match="--weight-decay"):
+        TrainConfig(data="x", weight_decay=-1e-4).validate()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_weight_decay_shrinks_kernels_only_and_survives_a_checkpoint(optimizer, tmp_path):
+    from models.tf_env import keras
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="c")(inputs)
+    x = keras.layers.BatchNormalization(name="c_bn")(x)
+    outputs = keras.layers.Dense(3, name="d")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    for layer in ("c", "d"):
+        model.get_layer(layer).bias.assign(np.ones(model.get_layer(layer).bias.shape))
+    cfg = TrainConfig(data="x", optimizer=optimizer, lr=0.1, weight_decay=0.5)
+    model.compile(optimizer=train_mod.build_optimizer(cfg), loss="mse")
+
+    def step_with_zero_gradients(m):
+        before = {v.name: v.numpy().copy() for v in m.trainable_variables}
+        m.optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in m.trainable_variables])
+        return {v.name: v.numpy() / np.where(before[v.name] == 0, 1, before[v.name]) for v in m.trainable_variables}
+
+    ratios = step_with_zero_gradients(model)  # decoupled decay: w <- w (1 - lr x decay)
+    model.save(tmp_path / "last.keras")
+    restored = train_mod.load_checkpoint_model(tmp_path / "last.keras")
+    assert type(restored.optimizer).__name__ == type(model.optimizer).__name__
+    for after in (ratios, step_with_zero_gradients(restored)):
+        for name, ratio in after.items():
+            expected = 1.0 if ("bias" in name or "_bn/" in name) else 0.95
+            np.testing.assert_allclose(ratio[ratio != 0], expected, rtol=1e-5, err_msg=name)
 
 
 def test_class_weights_hand_computed():
