@@ -70,9 +70,14 @@ def describe_run(run: str | Path, data, split: str | None) -> dict:
 
 
 def row_label(arch: str, config: dict) -> str:
-    """The table's name for a run: its architecture, and how it was trained if not from scratch alone."""
+    """The table's name for a run: its architecture, and how it was trained if not from scratch alone
+    with Adam and no weight decay (the recipe of the seed rows)."""
     how = [word for word, used in (("distilled", config.get("teachers")), ("fine-tuned", config.get("init_from")))
            if used]
+    if config.get("optimizer", "adam") != "adam":
+        how.append(config["optimizer"].upper())
+    if config.get("weight_decay"):
+        how.append(f"weight decay {config['weight_decay']:g}")
     return f"{arch} ({', '.join(how)})" if how else arch
 
 

@@ -81,8 +81,10 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         f"`{config.get('val')}`; nothing else.", "",
         "```bash", *commands, "```", "",
         *([_fine_tune_text(config, base, hours), ""] if config.get("init_from") else []),
-        f"Recipe: Adam (peak learning rate {config.get('lr')}, {config.get('lr_schedule')} schedule, "
-        f"{config.get('warmup_epochs')} warm-up epochs), cross-entropy with label smoothing "
+        f"Recipe: {_optimizer_text(config)} (peak learning rate {config.get('lr')}, "
+        f"{config.get('lr_schedule')} schedule, {config.get('warmup_epochs')} warm-up epochs"
+        + (f", decoupled weight decay {config['weight_decay']:g} on kernels only" if config.get("weight_decay") else "")
+        + f"), cross-entropy with label smoothing "
         f"{config.get('label_smoothing')}, class weights `{config.get('class_weights')}`, batch "
         f"{config.get('batch_size')}, augmentation preset `{config.get('augment')}` (see models/augment.py), "
         f"equalisation `{config.get('equalize')}`, normalisation `{config.get('normalize')}`, seed "
@@ -177,6 +179,12 @@ def _fine_tune_text(config: dict, base: dict | None, hours: float) -> str:
                      if base and base["hours"] else
                      " The first stage's history.json is not at hand: its hours are not counted below." if base else "")
             + " The recipe below is the second stage's.")
+
+
+def _optimizer_text(config: dict) -> str:
+    if config.get("optimizer", "adam") == "sgd":
+        return f"SGD with Nesterov momentum {config.get('momentum', 0.9)}"
+    return "Adam"
 
 
 def _train_command(config: dict, base: dict | None = None) -> str:

@@ -148,7 +148,7 @@ def test_model_card_training_command_reproduces_the_config():
     config = dataclasses.asdict(TrainConfig(
         data="fer", arch="edge", out="runs/edge", epochs=100, warmup_epochs=3, label_smoothing=0.1,
         augment="strong", equalize="global", mixed_precision=True, teachers=["runs/a", "runs/b"],
-        distill_alpha=0.7))
+        distill_alpha=0.7, optimizer="sgd", lr=0.05, weight_decay=5e-4))
     parser = argparse.ArgumentParser()
     cli_train.add_arguments(parser)
     args = parser.parse_args(shlex.split(_train_command(config))[2:])
@@ -169,7 +169,8 @@ def test_model_card_of_a_fine_tuned_run_gives_both_stages(tmp_path):
     (base / "config.json").write_text(json.dumps(base_config))
     (base / "history.json").write_text(json.dumps({"seconds": [3600.0] * 3}))
     config = dataclasses.asdict(TrainConfig(data="fer", arch="edge", out="x", epochs=30, lr=3e-4,
-                                            lr_schedule="constant", swa_epochs=25, init_from=str(base)))
+                                            lr_schedule="constant", swa_epochs=25, init_from=str(base),
+                                            optimizer="sgd", weight_decay=5e-4))
     per_class = {"angry": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}}
     report = {"accuracy": 0.5, "macro_f1": 0.5, "weighted_f1": 0.5, "num_samples": 2, "per_class": per_class,
               "best_epoch": 7, "averaged_epochs": 25}
@@ -180,6 +181,8 @@ def test_model_card_of_a_fine_tuned_run_gives_both_stages(tmp_path):
     assert "--init-from runs/edge " in commands[1] + " " and "--swa-epochs 25" in commands[1]
     assert "last 25 epochs is shipped" in card and "best PublicTest accuracy" not in card
     assert "first stage took 3.0 h, both 4.0 h" in card
+    assert "Recipe: SGD with Nesterov momentum 0.9 (peak learning rate 0.0003" in card
+    assert "decoupled weight decay 0.0005 on kernels only" in card
 
 
 def test_model_card_names_teachers_by_hash_and_counts_their_hours(tmp_path):
@@ -218,6 +221,8 @@ def test_compare_keeps_earlier_records_and_names_how_a_run_was_trained(tmp_path)
 
     assert row_label("edge", {}) == "edge"
     assert row_label("edge", {"teachers": ["t"], "init_from": "r"}) == "edge (distilled, fine-tuned)"
+    assert row_label("edge", {"optimizer": "adam", "weight_decay": 0.0}) == "edge"
+    assert row_label("edge", {"optimizer": "sgd", "weight_decay": 5e-4}) == "edge (SGD, weight decay 0.0005)"
     row = {"arch": "edge", "accuracy": 0.6824, "macro_f1": 0.6737, "parameters": 613639, "macs": 57.1e6,
            "recall": {"angry": 0.589}}
     old = [row, {**row, "arch": "seed001", "accuracy": 0.5957}]
