@@ -110,7 +110,10 @@ def _name(row: dict) -> str:
 
 
 def _cell_name(row: dict) -> str:
-    return _name(row) + (f" ({row['note']})" if row.get("note") else "")
+    name, note = _name(row), row.get("note")
+    if not note:
+        return name
+    return f"{name[:-1]}; {note})" if name.endswith(")") else f"{name} ({note})"
 
 
 def format_markdown(rows: list[dict]) -> str:

@@ -223,6 +223,9 @@ def test_compare_keeps_earlier_records_and_names_how_a_run_was_trained(tmp_path)
     assert row_label("edge", {"teachers": ["t"], "init_from": "r"}) == "edge (distilled, fine-tuned)"
     assert row_label("edge", {"optimizer": "adam", "weight_decay": 0.0}) == "edge"
     assert row_label("edge", {"optimizer": "sgd", "weight_decay": 5e-4}) == "edge (SGD, weight decay 0.0005)"
+    noted = {"arch": "edge", "label": "edge (SGD)", "note": "not shipped", "accuracy": 0.7, "macro_f1": 0.7,
+             "parameters": 1, "macs": 1e6, "recall": {"angry": 0.5}}
+    assert "| edge (SGD; not shipped) | 70.00 % |" in format_markdown([noted])
     row = {"arch": "edge", "accuracy": 0.6824, "macro_f1": 0.6737, "parameters": 613639, "macs": 57.1e6,
            "recall": {"angry": 0.589}}
     old = [row, {**row, "arch": "seed001", "accuracy": 0.5957}]
