@@ -126,8 +126,8 @@ def comparison_section(rows: list[dict]) -> list[str]:
         lines += [f"Not in this table yet: {', '.join(f'`{m}`' for m in missing)}.", ""]
     if any(r.get("note") for r in rows):
         lines += ["A note in brackets says how a row's run departs from the recipe or when it was measured. "
-                  "Every row is kept in models/pretrained/comparison.json: run folders here do not "
-                  "outlive a working session.", ""]
+                  "Every row is kept in models/pretrained/comparison.json: run folders here cannot be "
+                  "counted on to outlive a working session.", ""]
     return lines
 
 
