@@ -21,6 +21,7 @@ class AugmentSpec:
     brightness: float = 0.0  # max additive change as a fraction of 255
     contrast: float = 0.0  # max relative contrast change either way
     erase: float = 0.0  # probability of random erasing (one rectangle of 2-20 % of the area)
+    noise: float = 0.0  # max std of additive Gaussian sensor noise in grey levels (drawn per image)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -32,7 +33,7 @@ class AugmentSpec:
     @property
     def is_identity(self) -> bool:
         return not (self.flip or self.rotation or self.zoom or self.shift or self.brightness
-                    or self.contrast or self.erase)
+                    or self.contrast or self.erase or self.noise)
 
 
 PRESETS: dict[str, AugmentSpec] = {
@@ -40,6 +41,8 @@ PRESETS: dict[str, AugmentSpec] = {
     "standard": AugmentSpec(),
     "strong": AugmentSpec(rotation=15, zoom=0.15, shift=0.12, brightness=0.1, contrast=0.2, erase=0.5),
     "lowlight": AugmentSpec(brightness=0.35, contrast=0.5),
+    # strong + sensor noise: both edge models lost 10-12 PublicTest points to Gaussian noise of std 8
+    "camera": AugmentSpec(rotation=15, zoom=0.15, shift=0.12, brightness=0.1, contrast=0.2, erase=0.5, noise=12),
 }
 
 
@@ -70,6 +73,9 @@ def augment_image(image: np.ndarray, spec: AugmentSpec, rng: np.random.Generator
         ew = int(min(w, round(np.sqrt(area / aspect))))
         y, x = rng.integers(0, h - eh + 1), rng.integers(0, w - ew + 1)
         out[y:y + eh, x:x + ew] = rng.integers(0, 256, size=out[y:y + eh, x:x + ew].shape, dtype=np.uint8)
+    if spec.noise:
+        sd = rng.uniform(0, spec.noise)
+        out = np.clip(np.rint(out + rng.normal(0, sd, out.shape)), 0, 255).astype(np.uint8)  # rint: no -0.5 bias
     return np.ascontiguousarray(out)
 
 

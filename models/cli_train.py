@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="early stop after this many epochs without better validation accuracy (0: never)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--class-weights", default=d.class_weights, choices=("none", "balanced", "sqrt"))
-    p.add_argument("--augment", default=d.augment, help="none | standard | strong | lowlight (default: %(default)s)")
+    p.add_argument("--augment", default=d.augment, help="none | standard | strong | lowlight | camera (strong + sensor noise) (default: %(default)s)")
     p.add_argument("--equalize", default=d.equalize, choices=("none", "global", "clahe"))
     p.add_argument("--normalize", default=d.normalize, choices=("unit", "symmetric", "zscore"))
     p.add_argument("--input-size", type=int, help="square input side (default: the architecture's own)")

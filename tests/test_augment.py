@@ -50,3 +50,13 @@ def test_lowlight_changes_brightness():
 def test_spec_round_trip():
     spec = PRESETS["strong"]
     assert AugmentSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_noise_adds_zero_mean_noise_up_to_its_std():
+    batch = np.full((200, 48, 48), 128, np.uint8)
+    spec = AugmentSpec(flip=False, rotation=0, zoom=0, shift=0, noise=12)
+    stds = augment_batch(batch, spec, np.random.default_rng(0)).reshape(200, -1).astype(float)
+    per_image = stds.std(axis=1)
+    assert abs(stds.mean() - 128) < 0.5  # no brightness bias
+    assert per_image.max() <= 12 * 1.1 and per_image.min() < 2 and np.median(per_image) > 4
+    assert PRESETS["camera"].noise and not PRESETS["strong"].noise  # the older recipes are unchanged
