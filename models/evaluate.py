@@ -40,11 +40,33 @@ def labels_in_model_order(data: LabelledImages, model_labels: tuple[str, ...]) -
     return lookup[data.labels]
 
 
-def evaluate_model(model, data: LabelledImages, spec: PreprocessSpec, model_labels) -> dict:
+def evaluate_model(model, data: LabelledImages, spec: PreprocessSpec, model_labels, perturb=()) -> dict:
+    """The classification report; with perturb (benchmarks.perturb.Condition list) also a
+    "robustness" list: accuracy, macro-F1 and agreement with the clean labels under each condition."""
     y_true = labels_in_model_order(data, tuple(model_labels))
-    probs = predict_probs(model, data.images, spec)
-    report = classification_report(y_true, probs.argmax(axis=1), list(model_labels))
+    clean = predict_probs(model, data.images, spec).argmax(axis=1)
+    report = classification_report(y_true, clean, list(model_labels))
+    if perturb:
+        report["robustness"] = []
+        for i, condition in enumerate(perturb, 1):
+            log.info("perturbation %d/%d: %s", i, len(perturb), condition.name)
+            pred = predict_probs(model, condition.apply(data.images), spec).argmax(axis=1)
+            scores = classification_report(y_true, pred, list(model_labels))
+            report["robustness"].append({
+                "condition": condition.name, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
+                "accuracy_drop": report["accuracy"] - scores["accuracy"],
+                "agreement": float(np.mean(pred == clean)) if len(clean) else 1.0})
     return report
+
+
+def format_robustness(report: dict) -> str:
+    """The robustness rows as a table (percentages)."""
+    lines = [f"{'condition':<12} {'accuracy':>9} {'drop':>7} {'macro-F1':>9} {'agreement':>10}",
+             f"{'clean':<12} {100 * report['accuracy']:8.2f}% {'':>7} {report['macro_f1']:9.4f} {'100.00%':>10}"]
+    for row in report.get("robustness", []):
+        lines.append(f"{row['condition']:<12} {100 * row['accuracy']:8.2f}% {100 * row['accuracy_drop']:+6.2f} "
+                     f"{row['macro_f1']:9.4f} {100 * row['agreement']:9.2f}%")
+    return "\n".join(lines)
 
 
 def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
@@ -54,6 +76,9 @@ def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
     write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
     text = f"{title}\n\n{format_report(report)}\n\nconfusion matrix (rows: true, columns: predicted)\n" \
            f"{format_confusion(report['confusion_matrix'], report['labels'])}\n"
+    if report.get("robustness"):
+        text += f"\nunder camera-path perturbations (agreement: same label as on the clean crop)\n" \
+                f"{format_robustness(report)}\n"
     write_text_atomic(out_dir / "report.txt", text)
     try:
         from benchmarks.plots import plot_confusion
@@ -64,10 +89,11 @@ def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
 
 def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = None, *,
                   out_dir: str | Path | None = None, skip_bad: bool = False,
-                  flip_average: bool | None = None) -> dict:
+                  flip_average: bool | None = None, perturb=()) -> dict:
     """Load a trained model (run directory or file) and evaluate it on a labelled set.
 
     flip_average: None runs the model as its spec says; True/False overrides that, to measure both.
+    perturb: benchmarks.perturb conditions to score the model under as well.
     """
     from models.datasets import load_dataset
     from models.run_dir import locate_model
@@ -87,7 +113,7 @@ def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = 
     if len(labels) != model.output_shape[-1]:
         raise ValueError(f"{files.model}: the model has {model.output_shape[-1]} outputs but labels.json names {len(labels)} classes")
     dataset = load_dataset(data, split=split, skip_bad=skip_bad, color=spec.channels == 3)
-    report = evaluate_model(model, dataset, spec, labels)
+    report = evaluate_model(model, dataset, spec, labels, perturb=perturb)
     report["model"] = str(files.model)
     report["data"] = str(data) + (f" [{split}]" if split else "")
     report["flip_average"] = spec.flip_average

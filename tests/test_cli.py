@@ -55,6 +55,28 @@ def test_eval_json_output(trained_run, synthetic_dataset):
     assert 0.0 <= report["accuracy"] <= 1.0 and len(report["per_class"]) == 7
 
 
+def test_eval_under_perturbations(tmp_path):
+    """The shipped model on the shipped sample."""
+    result = feredge("eval", "--out", tmp_path / "ev", "--perturb", "noise:0,scale:8,box:1.6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "agreement" in result.stdout and "scale:8" in result.stdout
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    rows = {row["condition"]: row for row in report["robustness"]}
+    assert list(rows) == ["noise:0", "scale:8", "box:1.6"]
+    # no noise is the clean crop: same labels, same accuracy
+    assert rows["noise:0"]["agreement"] == 1.0 and rows["noise:0"]["accuracy"] == report["accuracy"]
+    # an 8-pixel face or a box 1.6x too loose changes many labels and costs accuracy
+    for name in ("scale:8", "box:1.6"):
+        assert rows[name]["agreement"] < 0.9 and rows[name]["accuracy"] < report["accuracy"], rows[name]
+        assert abs(rows[name]["accuracy_drop"] - (report["accuracy"] - rows[name]["accuracy"])) < 1e-9
+    assert "box:1.6" in (tmp_path / "ev" / "report.txt").read_text()
+
+
+def test_eval_bad_perturbation_is_a_one_line_error(trained_run, synthetic_dataset):
+    _one_line_error(feredge("eval", "--model", trained_run, "--data", synthetic_dataset, "--perturb", "blur:2"),
+                    "blur:2", "unknown kind")
+
+
 def _one_line_error(result, *needles):
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     lines = [line for line in result.stderr.splitlines() if line.startswith("feredge")]
