@@ -77,11 +77,17 @@ _videos: dict[int, tuple[Path, dict]] = {}
 
 
 def build_test_video(folder: Path, faces: int) -> tuple[Path, dict]:
-    """A 640x480 test video (3 s at 10 fps) with 1 or 3 moving sample faces, and its ground truth."""
+    """A 640x480 test video (3 s at 10 fps) with 1 or 3 moving sample faces, and its ground truth.
+
+    The 3-face video shows a new face every 0.5 s, ~20 distinct faces, so that label statistics
+    over it (reference agreement) depend on the pipeline, not on which few faces were drawn. The
+    1-face video holds each face 2 s (3 faces), for the detector tests that follow one face.
+    """
     from edge.testvideo import make_test_video
 
     if faces not in _videos or not _videos[faces][0].is_file():
         path = Path(folder) / f"faces{faces}.mp4"
-        truth = make_test_video(path, faces, seconds=3.0, fps=10.0, seed=10 + faces)
+        truth = make_test_video(path, faces, seconds=3.0, fps=10.0, seed=10 + faces,
+                                hold_s=0.5 if faces > 1 else 2.0)
         _videos[faces] = (path, truth)
     return _videos[faces]

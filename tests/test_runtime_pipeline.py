@@ -76,6 +76,22 @@ def test_whole_pipeline_on_a_test_video(bundle, videos, fmt, faces):
     assert checked >= 3
 
 
+def test_reference_agreement_catches_a_misplaced_crop(bundle, videos):
+    """The control for the agreement check above: crop each face with a margin of 0.8 of its size
+    instead of the spec's, and the labels stop matching the original crops'."""
+    path, truth = videos[3]
+    backend = bundle.open(format=INSTALLED[0], precision="fp32", threads=1)
+    images, _, names = sample_faces()
+    reference = {name: bundle.labels[i] for name, i in zip(names, backend.predict(preprocess(images, bundle.spec)).argmax(1))}
+    scores = {}
+    for margin in (None, 0.8):
+        results = []
+        with open_source(str(path)) as source:
+            Pipeline(backend, bundle.spec, bundle.labels, HaarDetector(), margin=margin).run(source, on_result=results.append)
+        scores[margin] = score_run(results, truth, iou_threshold=0.3, reference=reference)["reference_agreement"]
+    assert scores[0.8] < 0.4 < 0.6 <= scores[None], scores
+
+
 def test_one_batched_inference_per_frame(bundle, videos):
     path, truth = videos[3]
 
