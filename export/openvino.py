@@ -1,7 +1,10 @@
 """Keras -> OpenVINO IR: fp32, fp16 (weights compressed to half) and int8 (NNCF post-training).
 
 NNCF's defaults clipped activation ranges and applied bias correction that cost a small CNN
-several points of agreement (STACK.md), so int8 uses min/max ranges and no bias correction.
+several points of agreement (STACK.md), so int8 uses min/max ranges and no bias correction. The
+mixed preset (asymmetric activations) agreed best with Keras for both `edge` models measured:
+97.4-98.6 % top-1 agreement against 96.9-97.5 % for the performance (symmetric) preset, whose
+1.14-point loss on the shipped 350-face sample failed the 1-point verification rule.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ def settings(precision: str) -> dict:
     if precision == "fp16":
         return {**base, "weights": "float16 (compress_to_fp16)"}
     if precision == "int8":
-        return {**base, "quantizer": "nncf.quantize", "preset": "performance (symmetric)",
+        return {**base, "quantizer": "nncf.quantize", "preset": "mixed (symmetric weights, asymmetric activations)",
                 "activation_ranges": "MINMAX", "bias_correction": False}
     return base
 
@@ -48,5 +51,5 @@ def quantize_int8(ov_model, calib: np.ndarray):
     items = [calib[i:i + 1].astype(np.float32) for i in range(len(calib))]
     advanced = AdvancedQuantizationParameters(
         disable_bias_correction=True, activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
-    return nncf.quantize(ov_model, nncf.Dataset(items), preset=nncf.QuantizationPreset.PERFORMANCE,
+    return nncf.quantize(ov_model, nncf.Dataset(items), preset=nncf.QuantizationPreset.MIXED,
                          subset_size=len(items), advanced_parameters=advanced)
