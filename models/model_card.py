@@ -282,7 +282,8 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
             (out / name).unlink(missing_ok=True)
     if teachers:
         write_text_atomic(out / "teachers.json", json.dumps(teachers, indent=2) + "\n")
-    write_text_atomic(out / "state.json", json.dumps(state, indent=2) + "\n")
+    # history.json beside it holds the same curves; keep the shipped folder small
+    write_text_atomic(out / "state.json", json.dumps({k: v for k, v in state.items() if k != "history"}, indent=2) + "\n")
     shutil.copy2(run / "test-eval" / "confusion.png", out / "confusion.png")
     write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     if comparison:
