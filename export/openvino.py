@@ -1,10 +1,13 @@
 """Keras -> OpenVINO IR: fp32, fp16 (weights compressed to half) and int8 (NNCF post-training).
 
-NNCF's defaults clipped activation ranges and applied bias correction that cost a small CNN
-several points of agreement (STACK.md), so int8 uses min/max ranges and no bias correction. The
-mixed preset (asymmetric activations) agreed best with Keras for both `edge` models measured:
-97.4-98.6 % top-1 agreement against 96.9-97.5 % for the performance (symmetric) preset, whose
-1.14-point loss on the shipped 350-face sample failed the 1-point verification rule.
+No single NNCF setting suited both `edge` models measured. With min/max activation ranges and
+no bias correction, the first model agreed with Keras on 98.0 % of the shipped sample and 97.6 %
+of PublicTest, NNCF's defaults (quantile-clipped ranges, bias correction) 95.7-96.3 %; for the
+camera fine-tune it was the other way round (97.4 against 98.6 % on the sample, where min/max
+lost 1.14 points and failed the 1-point rule). So int8 quantizes with each candidate and keeps
+the one whose model agrees best with the float IR on the calibration faces; the verification
+faces are left to judge the result. Both candidates use the mixed preset (asymmetric
+activations), which agreed better than the performance (symmetric) preset for both models.
 """
 from __future__ import annotations
 
@@ -15,13 +18,21 @@ import numpy as np
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+INT8_CANDIDATES = {  # name -> what the manifest records; tried in this order, the first wins ties
+    "minmax": {"preset": "mixed (symmetric weights, asymmetric activations)", "activation_ranges": "MINMAX",
+               "bias_correction": False},
+    "nncf-default": {"preset": "mixed (symmetric weights, asymmetric activations)",
+                     "activation_ranges": "NNCF default", "bias_correction": True},
+}
+
+
 def settings(precision: str) -> dict:
     base = {"converter": "openvino.convert_model (tf-keras model object)"}
     if precision == "fp16":
         return {**base, "weights": "float16 (compress_to_fp16)"}
     if precision == "int8":
-        return {**base, "quantizer": "nncf.quantize", "preset": "mixed (symmetric weights, asymmetric activations)",
-                "activation_ranges": "MINMAX", "bias_correction": False}
+        return {**base, "quantizer": "nncf.quantize", "candidates": list(INT8_CANDIDATES),
+                "chosen_by": "top-1 agreement with the float IR on the calibration faces"}
     return base
 
 
@@ -41,15 +52,33 @@ def save(ov_model, xml_path: Path, precision: str) -> list[Path]:
     return [xml_path, xml_path.with_suffix(".bin")]
 
 
-def quantize_int8(ov_model, calib: np.ndarray):
+def quantize_int8(ov_model, calib: np.ndarray) -> tuple[object, dict]:
+    """The int8 model of the candidate that agrees best with ov_model on calib, and what was chosen:
+    {"chosen": name, "calibration_agreement": {name: share}, **that candidate's settings}."""
     import nncf
+    import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     if calib is None or not len(calib):
         raise ValueError("OpenVINO int8 needs calibration images")
     items = [calib[i:i + 1].astype(np.float32) for i in range(len(calib))]
-    advanced = AdvancedQuantizationParameters(
-        disable_bias_correction=True, activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
-    return nncf.quantize(ov_model, nncf.Dataset(items), preset=nncf.QuantizationPreset.MIXED,
-                         subset_size=len(items), advanced_parameters=advanced)
+    params = {"minmax": AdvancedQuantizationParameters(
+                  disable_bias_correction=True, activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX),
+              "nncf-default": AdvancedQuantizationParameters()}
+    core = ov.Core()
+    # f32 hint: compare the quantization itself, not the CPU's bf16 treatment of what stays float
+    reference = _top1(core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), calib)
+    best, agreement = None, {}
+    for name in INT8_CANDIDATES:
+        quantized = nncf.quantize(ov_model, nncf.Dataset(items), preset=nncf.QuantizationPreset.MIXED,
+                                  subset_size=len(items), advanced_parameters=params[name])
+        agreement[name] = float(np.mean(_top1(core.compile_model(quantized, "CPU"), calib) == reference))
+        if best is None or agreement[name] > agreement[best[0]]:
+            best = (name, quantized)
+    return best[1], {"chosen": best[0], "calibration_agreement": agreement, **INT8_CANDIDATES[best[0]]}
+
+
+def _top1(compiled, x: np.ndarray, batch: int = 1) -> np.ndarray:
+    """Top-1 classes, one face at a time (the IR may have a static batch of 1)."""
+    return np.concatenate([compiled(x[i:i + batch].astype(np.float32))[0] for i in range(0, len(x), batch)]).argmax(1)

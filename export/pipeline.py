@@ -123,6 +123,7 @@ class _Exporter:
     def run(self, model, ref: Reference, tag: str | None = None, pruning: dict | None = None) -> list[dict]:
         records, onnx_fp32, ov_model = [], None, None
         for fmt, prec in self.jobs:
+            chosen = {}  # settings picked at conversion time, added to the static ones
             self.done += 1
             aid = artifact_id(fmt, prec, tag)
             files = relative_files(fmt, prec, tag)
@@ -140,7 +141,8 @@ class _Exporter:
                         onnx_export.quantize_int8(onnx_fp32, target, self.calib.x, self.scratch)
                 else:
                     if prec == "int8":
-                        ov_export.save(ov_export.quantize_int8(ov_export.convert(model), self.calib.x), target, prec)
+                        quantized, chosen = ov_export.quantize_int8(ov_export.convert(model), self.calib.x)
+                        ov_export.save(quantized, target, prec)
                     else:
                         ov_model = ov_model or ov_export.convert(model)
                         ov_export.save(ov_model, target, prec)
@@ -155,7 +157,7 @@ class _Exporter:
                 "sha256": {f: sha256_file(p) for f, p in zip(files, paths)},
                 "pruning": pruning, "verification": check,
                 "settings": {"tflite": tflite_export.settings, "onnx": onnx_export.settings,
-                             "openvino": ov_export.settings}[fmt](prec),
+                             "openvino": ov_export.settings}[fmt](prec) | chosen,
                 "convert_seconds": round(seconds, 2),
             }
             if fmt == "tflite":

@@ -116,6 +116,13 @@ def test_manifest_fields(bundle, trained_run, synthetic_dataset):
     assert ov16["precision_hint"] == "f32" and ov16["max_abs_diff"] < 0.01
     for v in (ov32, ov16):  # what this CPU runs by default (bf16 on AMX machines) is recorded too
         assert set(v["device_default"]) == {"ran_precision", "agreement", "max_abs_diff", "accuracy"}
+    # OpenVINO int8: every NNCF candidate was tried, and the one kept agrees best on the calibration faces
+    ov8 = next(a for a in m["artifacts"] if a["id"] == "openvino-int8")["settings"]
+    tried = ov8["calibration_agreement"]
+    assert set(tried) == set(ov8["candidates"]) == {"minmax", "nncf-default"}
+    assert all(0.0 <= share <= 1.0 for share in tried.values())
+    assert tried[ov8["chosen"]] == max(tried.values())
+    assert ov8["activation_ranges"] == ("MINMAX" if ov8["chosen"] == "minmax" else "NNCF default")
 
 
 def test_files_and_checksums(bundle):
