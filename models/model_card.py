@@ -252,6 +252,20 @@ def hand_written_sections(card: str) -> list[str]:
 RECORD_FILES = ("config.json", "history.json", "teachers.json")  # small; keep the shipped folder a run record
 
 
+def _palette_png(path: Path) -> None:
+    """Re-save a plot with a 256-colour palette: a third of the bytes, no visible change, and the
+    shipped folder stays under 10 MB."""
+    try:
+        from PIL import Image
+    except ImportError:  # Pillow comes with matplotlib; without it the plots were not drawn either
+        return
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(256)
+    tmp = path.with_name(f".{path.name}.tmp")
+    small.save(tmp, format="PNG", optimize=True)
+    tmp.replace(path)
+
+
 def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Path = PRETRAINED_DIR) -> dict:
     from models.architectures import count_macs
     from models.compare import load_rows
@@ -285,6 +299,8 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
     # history.json beside it holds the same curves; keep the shipped folder small
     write_text_atomic(out / "state.json", json.dumps({k: v for k, v in state.items() if k != "history"}, indent=2) + "\n")
     shutil.copy2(run / "test-eval" / "confusion.png", out / "confusion.png")
+    for name in ("confusion.png", "history.png"):
+        _palette_png(out / name)
     write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     if comparison:
         write_text_atomic(out / "comparison.json", json.dumps(comparison, indent=2) + "\n")
