@@ -5,7 +5,8 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="run directory or model file (default: the shipped model)")
+    p.add_argument("--model", help="run directory, model file, or an exported artifact inside a bundle "
+                                    "(.tflite, .onnx, openvino/*.xml) run by its edge backend (default: the shipped model)")
     p.add_argument("--data", help="labelled faces: class folders, a folder with train/ and test/, or the "
                                    "FER-2013 CSV (default: the shipped sample)")
     p.add_argument("--split", help="split of --data: test (default for a split folder or CSV), train, privatetest")

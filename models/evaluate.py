@@ -90,12 +90,37 @@ def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
 def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = None, *,
                   out_dir: str | Path | None = None, skip_bad: bool = False,
                   flip_average: bool | None = None, perturb=()) -> dict:
-    """Load a trained model (run directory or file) and evaluate it on a labelled set.
+    """Load a trained model (run directory or file) and evaluate it on a labelled set. An exported
+    artifact (.tflite, .onnx, OpenVINO .xml inside a bundle) runs through its edge backend instead,
+    with the bundle's preprocessing and labels, so a quantized model is scored the same way.
 
     flip_average: None runs the model as its spec says; True/False overrides that, to measure both.
     perturb: benchmarks.perturb conditions to score the model under as well.
     """
     from models.datasets import load_dataset
+
+    if Path(model_path).suffix.lower() in ARTIFACT_SUFFIXES:
+        model, spec, labels, name = _load_artifact(Path(model_path))
+    else:
+        model, spec, labels, name = _load_keras(model_path)
+    if flip_average is not None:
+        spec = spec.replace(flip_average=flip_average)
+    dataset = load_dataset(data, split=split, skip_bad=skip_bad, color=spec.channels == 3)
+    report = evaluate_model(model, dataset, spec, labels, perturb=perturb)
+    report["model"] = str(name)
+    report["data"] = str(data) + (f" [{split}]" if split else "")
+    report["flip_average"] = spec.flip_average
+    if out_dir:
+        title = f"{Path(name).name}{' (flip-averaged)' if spec.flip_average else ''} on {report['data']}"
+        write_evaluation(report, out_dir, title=title)
+    return report
+
+
+ARTIFACT_SUFFIXES = (".tflite", ".onnx", ".xml")
+
+
+def _load_keras(model_path):
+    """(model, spec, labels, file) for a run directory or a Keras model file."""
     from models.run_dir import locate_model
     from models.tf_env import keras
 
@@ -104,23 +129,45 @@ def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = 
         model = keras.models.load_model(files.model, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged file
         raise ValueError(f"{files.model}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    spec = files.spec or _spec_from_model(model)
-    if flip_average is not None:
-        spec = spec.replace(flip_average=flip_average)
     labels = files.labels
     if labels is None:
         raise ValueError(f"{files.model}: no labels.json beside the model; the class order is unknown")
     if len(labels) != model.output_shape[-1]:
         raise ValueError(f"{files.model}: the model has {model.output_shape[-1]} outputs but labels.json names {len(labels)} classes")
-    dataset = load_dataset(data, split=split, skip_bad=skip_bad, color=spec.channels == 3)
-    report = evaluate_model(model, dataset, spec, labels, perturb=perturb)
-    report["model"] = str(files.model)
-    report["data"] = str(data) + (f" [{split}]" if split else "")
-    report["flip_average"] = spec.flip_average
-    if out_dir:
-        title = f"{Path(files.model).name}{' (flip-averaged)' if spec.flip_average else ''} on {report['data']}"
-        write_evaluation(report, out_dir, title=title)
-    return report
+    return model, files.spec or _spec_from_model(model), labels, files.model
+
+
+class _ArtifactModel:
+    """An edge backend behind the two Keras members that evaluation uses."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.output_shape = (None, backend.num_classes)
+        self.input_shape = (None, *backend.input_shape)
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        return self.backend.predict(x)
+
+
+def _load_artifact(path: Path):
+    """(model, spec, labels, file) for an artifact listed in the manifest of its bundle (the
+    artifact's folder, or the one above for openvino/), checked against the manifest's sha256."""
+    from edge.backends import open_artifact
+    from edge.bundle import MANIFEST, Bundle
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such artifact file")
+    root = next((d for d in (path.parent, path.parent.parent) if (d / MANIFEST).is_file()), None)
+    if root is None:
+        raise ValueError(f"{path}: not inside an export bundle (no {MANIFEST} beside it or above it); "
+                         "the preprocessing and labels are unknown")
+    bundle = Bundle.load(root)
+    artifact = next((a for a in bundle.artifacts if (root / a.files[0]).resolve() == path.resolve()), None)
+    if artifact is None:
+        raise ValueError(f"{path}: not listed in {root / MANIFEST}")
+    bundle.check(artifact)
+    # the raw backend: predict_probs flip-averages by the spec itself
+    return _ArtifactModel(open_artifact(path)), bundle.spec, bundle.labels, path
 
 
 def _spec_from_model(model) -> PreprocessSpec:

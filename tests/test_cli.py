@@ -130,6 +130,33 @@ def test_eval_without_arguments_uses_the_shipped_model_and_sample():
     assert report["accuracy"] > 0.4  # a trained model on real faces; chance is 1/7
 
 
+def test_eval_runs_an_exported_artifact_through_its_edge_backend():
+    """The shipped bundle's artifacts, scored like the Keras model they came from."""
+    keras_report = json.loads(feredge("eval", "--json").stdout)
+    bundle = REPO / "models" / "pretrained" / "bundle"
+    for artifact, same_labels in (("model.fp32.tflite", True), ("openvino/model.int8.xml", False)):
+        result = feredge("eval", "--model", bundle / artifact, "--json")
+        assert result.returncode == 0, result.stderr[-2000:]
+        report = json.loads(result.stdout)
+        assert report["num_samples"] == 350 and report["model"].endswith(artifact)
+        if same_labels:  # fp32 gives Keras's labels: same preprocessing, same label order
+            assert report["confusion_matrix"] == keras_report["confusion_matrix"]
+        else:  # int8 within the export's 1-point rule
+            assert abs(report["accuracy"] - keras_report["accuracy"]) <= 0.01 + 1e-9
+
+
+def test_eval_artifact_errors(tmp_path):
+    import shutil
+
+    loose = tmp_path / "model.int8.tflite"
+    shutil.copy(REPO / "models" / "pretrained" / "bundle" / "model.int8.tflite", loose)
+    _one_line_error(feredge("eval", "--model", loose), "model.int8.tflite", "not inside an export bundle")
+    bundle = shutil.copytree(REPO / "models" / "pretrained" / "bundle", tmp_path / "bundle")
+    damaged = bundle / "model.int8.tflite"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    _one_line_error(feredge("eval", "--model", damaged), "model.int8.tflite", "sha256")
+
+
 def test_model_card_is_written_from_measured_figures(trained_run, synthetic_dataset, tmp_path):
     shipped = tmp_path / "shipped"
     shipped.mkdir()
