@@ -72,7 +72,8 @@ KINDS: dict[str, tuple[str, Perturb]] = {
     "gamma": ("exposure gamma", _gamma),
 }
 
-# What a Pi/Jetson camera at 1-2 m does to a face: the default set of `feredge eval --perturb`.
+# The default set of `feredge eval --perturb`. For scale: a 640x480 camera with a 60-degree lens
+# sees a 15 cm face at about 80 px from 1 m, 40 px from 2 m and 24 px from 3.5 m.
 DEFAULT_CONDITIONS = "scale:24,scale:32,jpeg:40,shift:3,box:1.15,box:0.87,noise:8,gamma:1.6,gamma:0.6"
 
 
