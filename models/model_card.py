@@ -82,7 +82,7 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         "```bash", *commands, "```", "",
         *([_fine_tune_text(config, base, hours), ""] if config.get("init_from") else []),
         f"Recipe: {_optimizer_text(config)} (peak learning rate {config.get('lr')}, "
-        f"{config.get('lr_schedule')} schedule, {config.get('warmup_epochs')} warm-up epochs"
+        f"{config.get('lr_schedule')} schedule, {config.get('warmup_epochs')} warm-up epoch{'' if config.get('warmup_epochs') == 1 else 's'}"
         + (f", decoupled weight decay {config['weight_decay']:g} on kernels only" if config.get("weight_decay") else "")
         + f"), cross-entropy with label smoothing "
         f"{config.get('label_smoothing')}, class weights `{config.get('class_weights')}`, batch "
