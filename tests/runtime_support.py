@@ -81,7 +81,7 @@ def build_test_video(folder: Path, faces: int) -> tuple[Path, dict]:
 
     The 3-face video shows a new face every 0.5 s, ~20 distinct faces, so that label statistics
     over it (reference agreement) depend on the pipeline, not on which few faces were drawn. The
-    1-face video holds each face 2 s (3 faces), for the detector tests that follow one face.
+    1-face video holds each face 2 s (two faces), for the detector tests that follow one face.
     """
     from edge.testvideo import make_test_video
 
