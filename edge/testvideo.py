@@ -212,10 +212,18 @@ def main(argv=None) -> int:
     parser.add_argument("--fps", type=float, default=15.0)
     parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hold", type=float, default=2.0,
+                        help="seconds each face stays before the next one (shorter: more distinct faces, so "
+                             "label accuracy over the video says more about a model)")
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
-    truth = make_test_video(args.out, args.faces, seconds=args.seconds, fps=args.fps, size=(w, h), seed=args.seed)
-    print(f"{args.out}: {len(truth['frames'])} frames, {args.faces} face(s) each, truth in {truth_path(args.out)}")
+    if args.hold <= 0:
+        parser.error(f"--hold must be positive, not {args.hold:g}")
+    truth = make_test_video(args.out, args.faces, seconds=args.seconds, fps=args.fps, size=(w, h), seed=args.seed,
+                            hold_s=args.hold)
+    distinct = len({face["file"] for frame in truth["frames"] for face in frame})
+    print(f"{args.out}: {len(truth['frames'])} frames, {args.faces} face(s) each, {distinct} distinct faces, "
+          f"truth in {truth_path(args.out)}")
     return 0
 
 

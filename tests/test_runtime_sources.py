@@ -294,3 +294,18 @@ def test_pipeline_uses_the_picamera2_gray_plane_and_maps_boxes_to_main(fake_pica
     assert detector.seen == (240, 320)
     assert result.faces[0].box == (160, 120, 160, 120)  # in main-stream pixels
     assert np.allclose(backend.batch, 91 / 255)  # the crop came from the Y plane, no colour conversion
+
+
+def test_testvideo_hold_sets_how_many_distinct_faces_a_video_shows(tmp_path, capsys):
+    from edge.testvideo import load_truth, main
+
+    distinct = {}
+    for hold in (0.5, 2.0):
+        out = tmp_path / f"hold{hold}.mp4"
+        assert main([str(out), "--seconds", "2", "--fps", "10", "--size", "320x240", "--seed", "4",
+                     "--hold", str(hold)]) == 0
+        distinct[hold] = len({face["file"] for frame in load_truth(out)["frames"] for face in frame})
+        assert f"{distinct[hold]} distinct faces" in capsys.readouterr().out
+    assert distinct[0.5] >= 4 > distinct[2.0]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "bad.mp4"), "--hold", "0"])
