@@ -63,7 +63,7 @@ def e2e_job(job: dict) -> dict:
         score = score_run(results, load_truth(job["video"]))
         out.update(detection_rate=score["detection_rate"], label_accuracy=score["label_accuracy"],
                    smoothed_label_accuracy=score["smoothed_label_accuracy"],
-                   false_per_frame=score["false_per_frame"])
+                   false_per_frame=score["false_per_frame"], box_scale=score["box_scale"])
     return out
 
 

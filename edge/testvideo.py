@@ -161,12 +161,13 @@ def load_truth(video: str | Path) -> dict:
 def score_run(results, truth: dict, iou_threshold: float = 0.3, reference: dict | None = None) -> dict:
     """Detection rate and label accuracy of a run (FrameResults or their dicts) against the truth.
 
+    box_scale: percentiles of the detected box side over the true face side.
     reference: optional {sample file: label predicted on the original 48x48 crop}; gives
     `reference_agreement`, the share of matched faces whose label equals that prediction.
     """
     frames = truth["frames"]
     n_truth = matched = false_pos = correct = correct_smoothed = agree = 0
-    per_frame_hits = []
+    per_frame_hits, box_scale = [], []
     for result in results:
         r = result.to_dict() if hasattr(result, "to_dict") else result
         expected = frames[r["frame"] % len(frames)]
@@ -182,6 +183,7 @@ def score_run(results, truth: dict, iou_threshold: float = 0.3, reference: dict 
             used_d.add(di)
             used_t.add(ti)
             d, t = dets[di], expected[ti]
+            box_scale.append(d["box"][2] / t["box"][2])
             correct += d["label"] == t["label"]
             correct_smoothed += d.get("smoothed_label") == t["label"]
             if reference is not None:
@@ -198,6 +200,9 @@ def score_run(results, truth: dict, iou_threshold: float = 0.3, reference: dict 
         "label_accuracy": correct / matched if matched else 0.0,
         "smoothed_label_accuracy": correct_smoothed / matched if matched else 0.0,
         "iou_threshold": iou_threshold,
+        # detected box side / true face side over matched faces (10th, 50th, 90th percentile): how
+        # loose or tight the detector frames a face, which the crop and so the label depend on
+        "box_scale": [float(v) for v in np.percentile(box_scale, [10, 50, 90])] if box_scale else None,
     }
     if reference is not None:
         out["reference_agreement"] = agree / matched if matched else 0.0

@@ -55,6 +55,8 @@ def test_whole_pipeline_on_a_test_video(bundle, videos, fmt, faces):
     score = score_run(results, truth, iou_threshold=0.3, reference=reference)
     assert score["detection_rate"] >= 0.6, score
     assert score["false_per_frame"] <= 0.3, score
+    p10, median, p90 = score["box_scale"]  # boxes in full-frame pixels, framing the face as the truth does
+    assert p10 <= median <= p90 and 0.8 <= median <= 1.25, score
     # the label of a face found in the video equals what the same backend says on the original 48x48
     # crop for most faces (the video's crop is re-sampled, noisy and compressed, so not for all)
     assert score["reference_agreement"] >= 0.6, score
