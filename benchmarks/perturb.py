@@ -72,6 +72,9 @@ KINDS: dict[str, tuple[str, Perturb]] = {
     "gamma": ("exposure gamma", _gamma),
 }
 
+# Values that leave a crop unchanged, where a curve can start from the clean figures.
+NEUTRAL = {"shift": 0.0, "box": 1.0, "noise": 0.0, "gamma": 1.0}
+
 # The default set of `feredge eval --perturb`. For scale: a 640x480 camera with a 60-degree lens
 # sees a 15 cm face at about 80 px from 1 m, 40 px from 2 m and 24 px from 3.5 m.
 DEFAULT_CONDITIONS = "scale:24,scale:32,jpeg:40,shift:3,box:1.15,box:0.87,noise:8,gamma:1.6,gamma:0.6"

@@ -119,3 +119,38 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | Path, *,
     axes[-1].xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title or "Training history")
     _save_png(fig, path)
+
+
+def plot_robustness(clean_accuracy: float, rows: Sequence[Mapping], path: str | Path, *,
+                    title: str | None = None) -> bool:
+    """Accuracy and label agreement against the perturbation's value, one panel per kind that was
+    measured at two or more values (rows: `feredge eval --perturb` robustness rows). Returns False,
+    writing nothing, when no kind has two values to draw a line through."""
+    from benchmarks.perturb import KINDS, NEUTRAL
+
+    by_kind: dict[str, list[tuple[float, float, float]]] = {}
+    for row in rows:
+        kind, _, value = row["condition"].partition(":")
+        by_kind.setdefault(kind, []).append((float(value), row["accuracy"], row["agreement"]))
+    kinds = [k for k, points in by_kind.items() if len(points) >= 2]
+    if not kinds:
+        return False
+    fig = _new_figure((4.2 * len(kinds), 3.4))
+    for i, kind in enumerate(kinds):
+        ax = fig.add_subplot(1, len(kinds), i + 1)
+        points = by_kind[kind]
+        if kind in NEUTRAL and all(v != NEUTRAL[kind] for v, _, _ in points):
+            points = points + [(NEUTRAL[kind], clean_accuracy, 1.0)]  # the clean crop
+        values, acc, agree = (np.array(v) for v in zip(*sorted(points)))
+        ax.plot(values, 100 * acc, "o-", label="accuracy")
+        ax.plot(values, 100 * agree, "s--", label="same label as clean")
+        ax.axhline(100 * clean_accuracy, color="grey", lw=0.8, ls=":", label="clean accuracy")
+        ax.set_xlabel(f"{kind}: {KINDS[kind][0]}" if kind in KINDS else kind)
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save_png(fig, path)
+    return True

@@ -70,7 +70,8 @@ def format_robustness(report: dict) -> str:
 
 
 def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
-    """metrics.json, report.txt and confusion.png into out_dir."""
+    """metrics.json, report.txt and confusion.png into out_dir; robustness.png too when a kind of
+    perturbation was measured at two or more values."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
@@ -81,8 +82,10 @@ def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
                 f"{format_robustness(report)}\n"
     write_text_atomic(out_dir / "report.txt", text)
     try:
-        from benchmarks.plots import plot_confusion
+        from benchmarks.plots import plot_confusion, plot_robustness
         plot_confusion(np.array(report["confusion_matrix"]), report["labels"], out_dir / "confusion.png", title=title)
+        if report.get("robustness"):
+            plot_robustness(report["accuracy"], report["robustness"], out_dir / "robustness.png", title=title)
     except ImportError:
         log.warning("matplotlib is not installed: no confusion.png")
 

@@ -57,12 +57,12 @@ def test_eval_json_output(trained_run, synthetic_dataset):
 
 def test_eval_under_perturbations(tmp_path):
     """The shipped model on the shipped sample."""
-    result = feredge("eval", "--out", tmp_path / "ev", "--perturb", "noise:0,scale:8,box:1.6")
+    result = feredge("eval", "--out", tmp_path / "ev", "--perturb", "noise:0,scale:8,box:1.6,noise:12")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "agreement" in result.stdout and "scale:8" in result.stdout
     report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     rows = {row["condition"]: row for row in report["robustness"]}
-    assert list(rows) == ["noise:0", "scale:8", "box:1.6"]
+    assert list(rows) == ["noise:0", "scale:8", "box:1.6", "noise:12"]
     # no noise is the clean crop: same labels, same accuracy
     assert rows["noise:0"]["agreement"] == 1.0 and rows["noise:0"]["accuracy"] == report["accuracy"]
     # an 8-pixel face or a box 1.6x too loose changes many labels and costs accuracy
@@ -70,6 +70,8 @@ def test_eval_under_perturbations(tmp_path):
         assert rows[name]["agreement"] < 0.9 and rows[name]["accuracy"] < report["accuracy"], rows[name]
         assert abs(rows[name]["accuracy_drop"] - (report["accuracy"] - rows[name]["accuracy"])) < 1e-9
     assert "box:1.6" in (tmp_path / "ev" / "report.txt").read_text()
+    # noise was measured at two values: a curve of it
+    assert (tmp_path / "ev" / "robustness.png").stat().st_size > 5000
 
 
 def test_eval_bad_perturbation_is_a_one_line_error(trained_run, synthetic_dataset):

@@ -222,6 +222,20 @@ def test_plot_history_writes_png(tmp_path):
     assert not (tmp_path / "nothing.png").exists()
 
 
+def test_plot_robustness_draws_a_panel_per_kind_with_two_values(tmp_path):
+    from benchmarks.plots import plot_robustness
+
+    def row(condition, acc, agree):
+        return {"condition": condition, "accuracy": acc, "agreement": agree}
+    two_kinds = [row("noise:4", 0.6, 0.9), row("noise:12", 0.5, 0.7), row("scale:24", 0.5, 0.6),
+                 row("scale:40", 0.6, 0.8), row("jpeg:40", 0.55, 0.8)]  # jpeg: one value, no panel
+    assert plot_robustness(0.65, two_kinds, tmp_path / "two.png")
+    assert plot_robustness(0.65, two_kinds[:2], tmp_path / "one.png")
+    assert _read_png(tmp_path / "two.png").shape[1] > 1.5 * _read_png(tmp_path / "one.png").shape[1]
+    assert not plot_robustness(0.65, [row("noise:8", 0.6, 0.9), row("jpeg:40", 0.5, 0.8)], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     from benchmarks.plots import plot_confusion, plot_history
     out = tmp_path / "cm.png"
