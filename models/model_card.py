@@ -92,7 +92,8 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         + (f" ({statistics.median(seconds):.0f} s per epoch on 2 CPU cores, {sum(seconds) / 3600:.1f} h in all)"
            if seconds else "") + "; " + _selection_text(report)
         + (f" Soft targets: alpha {config.get('distill_alpha')}, temperature {config.get('distill_temperature')}."
-           + _teacher_text(teachers or [], hours) if config.get("teachers") else ""),
+           + _teacher_text(teachers or [], hours, _base_sha(config) if base else None)
+           if config.get("teachers") else ""),
         "",
         "![training curves](history.png)", "",
         "## Evaluation", "",
@@ -209,9 +210,17 @@ def _train_command(config: dict, base: dict | None = None) -> str:
     return " ".join(part for part in parts if part)
 
 
-def _teacher_text(teachers: list[dict], hours: float) -> str:
+def _base_sha(config: dict) -> str | None:
+    from edge.bundle import sha256_file
+
+    model = Path(config["init_from"]) / "model.keras"
+    return sha256_file(model) if model.is_file() else None
+
+
+def _teacher_text(teachers: list[dict], hours: float, base_sha: str | None = None) -> str:
     """Who taught the model, identified by file hash (a teacher folder such as models/pretrained may
-    since hold another model), and what the whole lineage cost where the teachers' history is known."""
+    since hold another model), and what the whole lineage cost where the teachers' history is known.
+    A teacher that is also the run's first stage is in `hours` already and is not counted again."""
     named = []
     for t in teachers:
         facts = [f"model sha256 {t['model_sha256'][:12]}"]
@@ -220,9 +229,11 @@ def _teacher_text(teachers: list[dict], hours: float) -> str:
         if t.get("training_hours"):
             facts.append(f"{t['training_hours']:.1f} h of training")
         named.append(f"`{t.get('arch') or 'model'}` from `{t['path']}` ({', '.join(facts)})")
-    known = [t["training_hours"] for t in teachers if t.get("training_hours")]
-    total = (f" With the teachers' own training, {hours + sum(known):.1f} h in all."
-             if len(known) == len(teachers) else
+    others = [t for t in teachers if t["model_sha256"] != base_sha]
+    known = [t["training_hours"] for t in others if t.get("training_hours")]
+    total = (f" With the teachers' own training, {hours + sum(known):.1f} h in all"
+             + (", the first stage counted once." if len(others) < len(teachers) else ".")
+             if len(known) == len(others) else
              " The teachers' own training hours are not all on record, so they are not added here.")
     return f" Distilled from {', '.join(named)}." + total
 

@@ -263,6 +263,31 @@ def test_model_card_names_teachers_by_hash_and_counts_their_hours(tmp_path):
     assert "not all on record" in unknown and "teachers' own training," not in unknown
 
 
+def test_model_card_counts_a_teacher_that_is_also_the_first_stage_once(tmp_path):
+    import dataclasses
+
+    from edge.bundle import sha256_file
+    from models.model_card import card_text
+    from models.train import TrainConfig
+
+    base = tmp_path / "runs" / "edge-long"
+    base.mkdir(parents=True)
+    (base / "model.keras").write_bytes(b"first stage weights")
+    (base / "config.json").write_text(json.dumps(dataclasses.asdict(TrainConfig(data="fer", arch="edge", out="b"))))
+    (base / "history.json").write_text(json.dumps({"seconds": [3600.0] * 4}))
+    config = dataclasses.asdict(TrainConfig(data="fer", arch="edge", out="x", epochs=2, init_from=str(base),
+                                            teachers=[str(base), "runs/other"]))
+    per_class = {"angry": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}}
+    report = {"accuracy": 0.5, "macro_f1": 0.5, "weighted_f1": 0.5, "num_samples": 2, "per_class": per_class,
+              "best_epoch": 2}
+    as_base = {"path": str(base), "model_sha256": sha256_file(base / "model.keras"), "arch": "edge",
+               "test_accuracy": 0.69, "training_hours": 4.0, "epochs": 4}
+    other = {"path": "runs/other", "model_sha256": "f" * 64, "arch": "edge", "test_accuracy": 0.68,
+             "training_hours": 2.0, "epochs": 2}
+    card = card_text(tmp_path, report, config, {"seconds": [1800.0] * 2}, 10, 10, None, "fer", [as_base, other])
+    assert "7.0 h in all, the first stage counted once." in card  # 1 + 4 (first stage) + 2, not + 4 again
+
+
 def test_hand_written_sections_are_found_in_order():
     from models.model_card import hand_written_sections
 
