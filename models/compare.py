@@ -72,8 +72,10 @@ def describe_run(run: str | Path, data, split: str | None) -> dict:
 def row_label(arch: str, config: dict) -> str:
     """The table's name for a run: its architecture, and how it was trained if not from scratch alone
     with Adam and no weight decay (the recipe of the seed rows)."""
-    how = [word for word, used in (("distilled", config.get("teachers")), ("fine-tuned", config.get("init_from")))
-           if used]
+    teachers = config.get("teachers") or []
+    how = [word for word, used in (("distilled" + (f" from {len(teachers)}" if len(teachers) > 1 else ""), teachers),
+                                   ("fine-tuned", config.get("init_from")),
+                                   ("weight-averaged", config.get("swa_epochs"))) if used]
     if config.get("optimizer", "adam") != "adam":
         how.append(config["optimizer"].upper())
     if config.get("weight_decay"):
@@ -82,13 +84,20 @@ def row_label(arch: str, config: dict) -> str:
 
 
 def merge_rows(*row_lists: list[dict]) -> list[dict]:
-    """One table from several record files; a later row replaces an earlier one of the same label."""
-    merged: dict[str, dict] = {}
+    """One table from several record files; a later row replaces an earlier one of the same run (or,
+    where either lacks a run folder, the same label): two runs trained alike both keep their rows."""
+    merged: list[dict] = []
     for rows in row_lists:
         for row in rows:
-            merged.pop(_name(row), None)
-            merged[_name(row)] = row
-    return list(merged.values())
+            merged = [kept for kept in merged if not _same_run(kept, row)]
+            merged.append(row)
+    return merged
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    if a.get("run") and b.get("run"):
+        return a["run"] == b["run"]
+    return _name(a) == _name(b)
 
 
 def load_rows(path: str | Path) -> list[dict]:

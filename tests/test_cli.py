@@ -314,6 +314,11 @@ def test_compare_keeps_earlier_records_and_names_how_a_run_was_trained(tmp_path)
     merged = merge_rows(old, new)
     assert [(r.get("label") or r["arch"], r["accuracy"]) for r in merged] == [
         ("seed001", 0.5957), ("edge", 0.70), ("edge (distilled)", 0.71)]
+    twins = [{**row, "run": "runs/a", "accuracy": 0.69}, {**row, "run": "runs/b", "accuracy": 0.695}]
+    again = merge_rows(old, twins, [{**row, "run": "runs/a", "accuracy": 0.691}])
+    assert [(r.get("run"), r["accuracy"]) for r in again] == [(None, 0.5957), ("runs/b", 0.695), ("runs/a", 0.691)]
+    assert row_label("edge", {"teachers": ["a", "b"], "init_from": "r", "swa_epochs": 24}) == \
+        "edge (distilled from 2, fine-tuned, weight-averaged)"
     table = format_markdown(merged)
     assert "| edge (distilled) | 71.00 % |" in table and "| seed001 | 59.57 % | 0.6737 | 613,639 | 57.1 M | - |" in table
 
