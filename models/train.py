@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -379,14 +380,26 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
             average.add(model.get_weights())
         _save_checkpoint(run, model, state, average)
         write_text_atomic(run / "history.json", json.dumps(state.history, indent=1) + "\n")
-        log.info("epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f (best %.4f @ %d) %.0f s",
+        log.info("epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f (best %.4f @ %d) %.0f s%s",
                  epoch + 1, cfg.epochs, metrics["loss"], metrics["accuracy"], metrics["val_loss"],
-                 metrics["val_accuracy"], state.best_val_accuracy, state.best_epoch, seconds)
+                 metrics["val_accuracy"], state.best_val_accuracy, state.best_epoch, seconds,
+                 time_left(state.history["seconds"], cfg.epochs - epoch - 1))
 
     if average is not None and average.count and not state.swa_averaged:
         _finish_average(cfg, state, model, average, run, spec, train_set, weights, targets, x_val, y_val)
     keras.mixed_precision.set_global_policy("float32")  # the saved model and anything after run in float32
     return finish_run(run, val_set, spec, classes, state)
+
+
+def time_left(epoch_seconds: list[float], epochs_left: int) -> str:
+    """', about 2.5 h left' from the median of the last five epochs, so one slow epoch
+    (a checkpoint, another process on the cores) does not swing the estimate."""
+    if epochs_left <= 0 or not epoch_seconds:
+        return ""
+    left = statistics.median(epoch_seconds[-5:]) * epochs_left
+    if left >= 5400:
+        return f", about {left / 3600:.1f} h left"
+    return f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
 
 
 def _load_initial_weights(model, source: str) -> None:

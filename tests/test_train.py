@@ -10,7 +10,9 @@ import pytest
 pytest.importorskip("tf_keras")
 
 import models.train as train_mod  # noqa: E402
-from models.train import TrainConfig, TrainState, class_weight_vector, learning_rate, resume, train  # noqa: E402
+from models.train import (  # noqa: E402
+    TrainConfig, TrainState, class_weight_vector, learning_rate, resume, time_left, train,
+)
 
 
 def _config(data, out, **kw):
@@ -119,6 +121,13 @@ def test_weight_decay_shrinks_kernels_only_and_survives_a_checkpoint(optimizer, 
         for name, ratio in after.items():
             expected = 1.0 if ("bias" in name or "_bn/" in name) else 0.95
             np.testing.assert_allclose(ratio[ratio != 0], expected, rtol=1e-5, err_msg=name)
+
+
+def test_time_left_uses_recent_epochs_and_ignores_one_slow_one():
+    assert time_left([60, 60, 60, 60, 300], 100) == ", about 1.7 h left"  # median 60 s, not the mean
+    assert time_left([500, 500, 500, 30, 30, 30, 30, 30], 10) == ", about 5 min left"  # only the last five
+    assert time_left([2, 3, 4], 3) == ", about 9 s left"
+    assert time_left([60], 0) == "" and time_left([], 5) == ""
 
 
 def test_class_weights_hand_computed():
