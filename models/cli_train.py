@@ -48,13 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compute in bfloat16 with float32 weights (1.4-1.7x faster on CPUs with AVX512-BF16/AMX); "
                         "the saved model is float32")
     p.add_argument("--teacher", dest="teachers", action="append", metavar="RUN",
-                   help="distil from this trained run's soft labels (repeat to average several teachers)")
+                   help="distil from this trained run's soft labels (repeat to average several teachers); "
+                        "git:REV means models/pretrained as commit REV holds it, git:REV:PATH another folder")
     p.add_argument("--distill-alpha", type=float, default=d.distill_alpha,
                    help="weight of the teachers' distribution against the true label (default: %(default)s)")
     p.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
                    help="softens the teachers' distribution (default: %(default)s)")
     p.add_argument("--init-from", metavar="MODEL",
-                   help="start from this trained model's weights (a .keras file or a run folder): fine-tuning")
+                   help="start from this trained model's weights (a .keras file, a run folder or git:REV[:PATH]): fine-tuning")
     p.add_argument("--swa-epochs", type=int, default=d.swa_epochs,
                    help="save the average of the last N epochs' weights instead of the best epoch "
                         "(stochastic weight averaging; use with --lr-schedule constant; default: off)")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from edge.fileio import write_text_atomic
 from edge.paths import PRETRAINED_DIR
+from models import git_models
 
 COMPARED_SEEDS = ("seed001", "seed003", "seed000")  # the seed networks the card compares the model with
 
@@ -213,7 +214,10 @@ def _train_command(config: dict, base: dict | None = None) -> str:
 def _base_sha(config: dict) -> str | None:
     from edge.bundle import sha256_file
 
-    model = Path(config["init_from"]) / "model.keras"
+    try:
+        model = git_models.resolve(config["init_from"]) / "model.keras"
+    except (OSError, ValueError, RuntimeError):
+        return None
     return sha256_file(model) if model.is_file() else None
 
 

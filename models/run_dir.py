@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edge.fileio import write_text_atomic
 from edge.preprocess import PreprocessSpec
+from models import git_models
 
 MODEL_FILE = "model.keras"
 SPEC_FILE = "preprocess.json"
@@ -27,8 +28,10 @@ class ModelFiles:
 
 
 def locate_model(path: str | Path) -> ModelFiles:
-    """The model file and, when present beside it, its preprocessing spec and labels."""
-    path = Path(path)
+    """The model file and, when present beside it, its preprocessing spec and labels.
+
+    `path` may also name a committed model, `git:REV[:PATH]` (models/git_models.py)."""
+    path = git_models.resolve(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file or run directory")
     if path.is_dir():
@@ -71,7 +74,7 @@ def run_record(run: str | Path) -> dict:
 
     A shipped model folder (models/pretrained) keeps the same files, its state.json beside them.
     """
-    run = Path(run)
+    run = git_models.resolve(run)
 
     def read(*names):
         for name in names:
@@ -85,7 +88,10 @@ def run_record(run: str | Path) -> dict:
 
 def base_run(config: dict) -> dict | None:
     """The run a fine-tuned run started from (--init-from RUN folder): its record and training hours."""
-    start = Path(config["init_from"]) if config.get("init_from") else None
+    try:  # a record outlives its starting run: a folder since deleted, a commit of another clone
+        start = git_models.resolve(config["init_from"]) if config.get("init_from") else None
+    except (OSError, ValueError, RuntimeError):
+        return None
     if start is None or not (start / "config.json").is_file():
         return None
     record = run_record(start)

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge.fileio import write_text_atomic
 from edge.preprocess import PreprocessSpec, fit_zscore, preprocess
+from models import git_models
 from models.augment import PRESETS, augment_batch
 from models.datasets import LabelledImages, load_dataset, stratified_split
 from models.run_dir import LABELS_FILE, MODEL_FILE, SPEC_FILE, save_labels
@@ -406,7 +407,7 @@ def _load_initial_weights(model, source: str) -> None:
     """Start from a trained model's weights (fine-tuning); the architecture must match exactly."""
     from models.tf_env import keras
 
-    path = Path(source)
+    path = git_models.resolve(source)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
