@@ -87,11 +87,14 @@ def run_record(run: str | Path) -> dict:
 
 
 def base_run(config: dict) -> dict | None:
-    """The run a fine-tuned run started from (--init-from RUN folder): its record and training hours."""
+    """The run a fine-tuned run started from (--init-from RUN, or a model file inside it): its record and
+    training hours."""
     try:  # a record outlives its starting run: a folder since deleted, a commit of another clone
         start = git_models.resolve(config["init_from"]) if config.get("init_from") else None
     except (OSError, ValueError, RuntimeError):
         return None
+    if start is not None and start.is_file():  # RUN/model.keras, or RUN/checkpoint/last.keras (its last epoch)
+        start = next((d for d in start.parents[:2] if (d / "config.json").is_file()), None)
     if start is None or not (start / "config.json").is_file():
         return None
     record = run_record(start)

@@ -71,3 +71,16 @@ def test_bad_references_say_what_is_wrong_in_one_line(repo, ref, message):
     with pytest.raises((ValueError, FileNotFoundError)) as err:
         locate_model(ref)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_start_named_by_a_file_inside_a_run_counts_that_run(tmp_path):
+    run = tmp_path / "runs" / "phase-a"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "last.keras").write_bytes(b"last epoch")
+    (run / "model.keras").write_bytes(b"best epoch")
+    (run / "config.json").write_text(json.dumps({"arch": "edge"}))
+    (run / "history.json").write_text(json.dumps({"seconds": [1800.0] * 3}))
+    for start in (run / "checkpoint" / "last.keras", run / "model.keras", run):
+        assert base_run({"init_from": str(start)})["hours"] == pytest.approx(1.5)
+    (tmp_path / "loose.keras").write_bytes(b"no run around it")
+    assert base_run({"init_from": str(tmp_path / "loose.keras")}) is None
