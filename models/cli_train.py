@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
                    help="softens the teachers' distribution (default: %(default)s)")
     p.add_argument("--init-from", metavar="MODEL",
-                   help="start from this trained model's weights (a .keras file, a run folder or git:REV[:PATH]): fine-tuning")
+                   help="start from this trained model's weights (a .keras file, a run folder or git:REV[:PATH]): fine-tuning; "
+                        "RUN/checkpoint/last.keras starts from a run's last epoch, not its best on validation")
     p.add_argument("--swa-epochs", type=int, default=d.swa_epochs,
                    help="save the average of the last N epochs' weights instead of the best epoch "
                         "(stochastic weight averaging; use with --lr-schedule constant; default: off)")
