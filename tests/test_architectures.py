@@ -33,11 +33,20 @@ def test_seed000_is_vgg_style_with_batch_norm():
     assert model.output_shape == (None, 7)
 
 
-def test_edge_fits_the_device_budget():
-    model = build_model("edge")
+@pytest.mark.parametrize("name", ["edge", "edge_wide"])
+def test_edge_networks_fit_the_device_budget(name):
+    model = build_model(name)
     assert model.count_params() <= 1_500_000
     assert count_macs(model) <= 60_000_000
     assert any(type(layer).__name__ == "SeparableConv2D" for layer in model.layers)
+
+
+def test_edge_keeps_the_shipped_layout():
+    # the shipped weights, teachers in git and --init-from all rely on these names and counts
+    model = build_model("edge")
+    assert model.count_params() == 613_639
+    assert type(model.get_layer("s2_conv")).__name__ == "Conv2D"
+    assert type(build_model("edge_wide").get_layer("s2_conv")).__name__ == "SeparableConv2D"
 
 
 def test_every_architecture_builds_at_another_input_size():
