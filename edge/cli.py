@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("models.cli_train", "train a network on labelled faces into a run directory"),
     "eval": ("models.cli_eval", "evaluate a trained model (default: the shipped model on the shipped sample)"),
     "compare": ("models.compare", "compare trained runs on one test split (accuracy, size, MACs, speed)"),
+    "average": ("models.soup", "average the weights of runs fine-tuned from one start (a model soup)"),
     "export": ("export.cli", "convert a trained Keras model into a verified bundle (TFLite, ONNX, OpenVINO; fp32 to int8)"),
     "bench": ("benchmarks.cli", "measure every artifact of a bundle on this device: latency, memory, accuracy drop"),
     "run": ("edge.run_cli", "faces from a camera, video, image or folder through a bundle: window, JSON lines, "

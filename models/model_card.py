@@ -58,14 +58,17 @@ consent of the people filmed. Facial expressions are not reliable readouts of in
 
 def card_text(run: Path, report: dict, config: dict, history: dict, params: int, macs: int,
               comparison: list[dict] | None, data: str, teachers: list[dict] | None = None,
-              kept: list[str] = ()) -> str:
+              kept: list[str] = (), soup: dict | None = None) -> str:
     from models.architectures import ARCHITECTURES
     from models.run_dir import base_run
 
     seconds = history.get("seconds", [])
     base = base_run(config)
     commands = ([_train_command(base["config"])] if base else []) + [_train_command(config, base)]
-    hours = sum(seconds) / 3600 + ((base["hours"] or 0.0) if base else 0.0)
+    hours = stage_hours = sum(seconds) / 3600 + ((base["hours"] or 0.0) if base else 0.0)
+    if soup:
+        commands, extra_hours = _soup_commands(config, base, soup, commands)
+        hours += extra_hours
     per_class = "\n".join(
         f"| {label} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
         for label, v in report["per_class"].items())
@@ -81,7 +84,8 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         f"Data: the `{config.get('train_split')}` split of `{config.get('data')}`; validation: "
         f"`{config.get('val')}`; nothing else.", "",
         "```bash", *commands, "```", "",
-        *([_fine_tune_text(config, base, hours), ""] if config.get("init_from") else []),
+        *([_fine_tune_text(config, base, stage_hours), ""] if config.get("init_from") else []),
+        *([_soup_text(soup, hours), ""] if soup else []),
         f"Recipe: {_optimizer_text(config)} (peak learning rate {config.get('lr')}, "
         f"{config.get('lr_schedule')} schedule, {config.get('warmup_epochs')} warm-up epoch{'' if config.get('warmup_epochs') == 1 else 's'}"
         + (f", decoupled weight decay {config['weight_decay']:g} on kernels only" if config.get("weight_decay") else "")
@@ -183,6 +187,29 @@ def _fine_tune_text(config: dict, base: dict | None, hours: float) -> str:
             + " The recipe below is the second stage's.")
 
 
+def _soup_commands(config: dict, base: dict | None, soup: dict, commands: list[str]) -> tuple[list[str], float]:
+    """The commands of a weight-averaged model: each member run (differing in seed), then the average;
+    and the hours of the members after the first, whose history is the card's own."""
+    last = _train_command(config, base)
+    out = last.split(" --out ", 1)[1].split(" ", 1)[0]
+    outs, extra = [out], 0.0
+    for i, member in enumerate(soup["members"][1:], 2):
+        outs.append(f"{out}-{i}")
+        line = _train_command({**config, "seed": member.get("seed")}, base)
+        commands.append(line.replace(f" --out {out} ", f" --out {out}-{i} "))
+        extra += member.get("hours") or 0.0
+    commands.append(f"feredge average {' '.join(outs)} --out runs/{config.get('arch')}-average")
+    return commands, extra
+
+
+def _soup_text(soup: dict, hours: float) -> str:
+    seeds = ", ".join(str(m.get("seed")) for m in soup["members"])
+    return (f"The shipped weights are the mean of the weights of {len(soup['members'])} runs of that stage, "
+            f"which differ only in their seed ({seeds}), with batch-norm statistics measured again on "
+            f"{soup['batchnorm']['images']:,} augmented training images (`feredge average`, models/soup.py); "
+            f"all runs together took {hours:.1f} h on 2 CPU cores. The recipe below is each run's.")
+
+
 def _optimizer_text(config: dict) -> str:
     if config.get("optimizer", "adam") == "sgd":
         return f"SGD with Nesterov momentum {config.get('momentum', 0.9)}"
@@ -264,7 +291,7 @@ def hand_written_sections(card: str) -> list[str]:
     return blocks
 
 
-RECORD_FILES = ("config.json", "history.json", "teachers.json")  # small; keep the shipped folder a run record
+RECORD_FILES = ("config.json", "history.json", "teachers.json", "soup.json")  # small; keep the shipped folder a run record
 
 
 def _palette_png(path: Path) -> None:
@@ -297,6 +324,7 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
         if state.get("swa_averaged"):
             report["averaged_epochs"] = state["swa_averaged"]
     model = keras.models.load_model(run / "model.keras", compile=False)
+    soup = json.loads((run / "soup.json").read_text()) if (run / "soup.json").is_file() else None
     comparison = load_rows(comparison_file) if comparison_file else None
     teachers = _teachers(run, config)  # before `out` is overwritten: the teacher may be the model shipped there
     old_card = out / "MODEL_CARD.md"
@@ -320,7 +348,7 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
     if comparison:
         write_text_atomic(out / "comparison.json", json.dumps(comparison, indent=2) + "\n")
     text = card_text(run, report, config, history, model.count_params(), count_macs(model), comparison, data,
-                     teachers, kept)
+                     teachers, kept, soup)
     write_text_atomic(out / "MODEL_CARD.md", text)
     return report
 
