@@ -190,8 +190,7 @@ def _fine_tune_text(config: dict, base: dict | None, hours: float) -> str:
 def _soup_commands(config: dict, base: dict | None, soup: dict, commands: list[str]) -> tuple[list[str], float]:
     """The commands of a weight-averaged model: each member run (differing in seed), then the average;
     and the hours of the members after the first, whose history is the card's own."""
-    last = _train_command(config, base)
-    out = last.split(" --out ", 1)[1].split(" ", 1)[0]
+    out = commands[-1].split(" --out ", 1)[1].split(" ", 1)[0]  # the last stage's command is the first member's
     outs, extra = [out], 0.0
     for i, member in enumerate(soup["members"][1:], 2):
         outs.append(f"{out}-{i}")
