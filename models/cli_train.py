@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "git:REV means models/pretrained as commit REV holds it, git:REV:PATH another folder")
     p.add_argument("--distill-alpha", type=float, default=d.distill_alpha,
                    help="weight of the teachers' distribution against the true label (default: %(default)s)")
+    p.add_argument("--distill-views", type=int, default=d.distill_views, metavar="K",
+                   help="teachers label K fixed augmented copies of every image, as the student sees them, and "
+                        "epoch e trains on copy e mod K; 0 labels the clean image once (default: %(default)s)")
     p.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
                    help="softens the teachers' distribution (default: %(default)s)")
     p.add_argument("--init-from", metavar="MODEL",

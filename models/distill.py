@@ -6,6 +6,11 @@ from a mix of the true one-hot label and the teachers' softened distribution. Pe
 costs nothing; a teacher pass over FER-2013's train split takes seconds to a few minutes, where
 an online teacher would add its forward pass to every step of every epoch. The targets are
 stored in the run, so a resumed run learns from exactly the same ones.
+
+The price is that an augmented crop (rotated, partly erased, noisy) keeps the soft label of the
+clean face. With `views=K` the teachers instead label K fixed augmented copies of every image,
+un-flipped, exactly as the student will see them ("consistent" teaching, Beyer et al. 2022), and
+epoch e trains on copy e mod K: K teacher passes once, nothing per step.
 """
 from __future__ import annotations
 
@@ -31,8 +36,8 @@ def soften(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return (soft / soft.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def teacher_probabilities(teacher: str | Path, images: np.ndarray, classes, *, batch_size: int = 256) -> np.ndarray:
-    """One teacher's class probabilities for raw `images`, flip-averaged, in `classes` order."""
+def load_teacher(teacher: str | Path, classes):
+    """A teacher's Keras model, preprocessing spec and the column order that puts its classes in `classes` order."""
     from models.run_dir import locate_model
     from models.tf_env import keras
 
@@ -42,12 +47,23 @@ def teacher_probabilities(teacher: str | Path, images: np.ndarray, classes, *, b
     if set(files.labels) != set(classes):
         raise ValueError(f"{teacher}: teacher classes {list(files.labels)} differ from the data's {list(classes)}")
     model = keras.models.load_model(files.model, compile=False)
-    order = [files.labels.index(name) for name in classes]
-    out = np.empty((len(images), len(classes)), np.float32)
+    return model, files.spec, [files.labels.index(name) for name in classes]
+
+
+def label_images(loaded, images: np.ndarray, *, flip: bool = True, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities of a `load_teacher` result for raw `images`, flip-averaged when `flip`."""
+    model, spec, order = loaded
+    out = np.empty((len(images), len(order)), np.float32)
     for start in range(0, len(images), batch_size):
-        x = preprocess(images[start:start + batch_size], files.spec)
-        out[start:start + batch_size] = flip_averaged(model.predict_on_batch, x)[:, order]
+        x = preprocess(images[start:start + batch_size], spec)
+        p = flip_averaged(model.predict_on_batch, x) if flip else np.asarray(model.predict_on_batch(x))
+        out[start:start + batch_size] = p[:, order]
     return out
+
+
+def teacher_probabilities(teacher: str | Path, images: np.ndarray, classes, *, batch_size: int = 256) -> np.ndarray:
+    """One teacher's class probabilities for raw `images`, flip-averaged, in `classes` order."""
+    return label_images(load_teacher(teacher, classes), images, batch_size=batch_size)
 
 
 def distilled_targets(onehot: np.ndarray, teachers: list[np.ndarray], alpha: float, temperature: float) -> np.ndarray:
@@ -78,12 +94,18 @@ def describe_teacher(teacher: str | Path) -> dict:
 
 
 def build_targets(teachers, images: np.ndarray, labels: np.ndarray, classes, alpha: float,
-                  temperature: float) -> np.ndarray:
+                  temperature: float, views: list[np.ndarray] | None = None) -> np.ndarray:
+    """Distilled targets, (N, C) for the clean images or, given augmented `views`, (K, N, C): one per view."""
     onehot = np.eye(len(classes), dtype=np.float32)[labels]
-    probs = []
+    sets = views if views else [images]
+    probs = [[] for _ in sets]
     for teacher in teachers:
-        log.info("teacher %s: labelling %d training images", teacher, len(images))
-        p = teacher_probabilities(teacher, images, classes)
-        log.info("teacher %s: %.2f %% agree with the true labels", teacher, 100 * np.mean(p.argmax(1) == labels))
-        probs.append(p)
-    return distilled_targets(onehot, probs, alpha, temperature)
+        loaded = load_teacher(teacher, classes)
+        for k, view in enumerate(sets):
+            what = f"view {k + 1}/{len(sets)} of " if views else ""
+            log.info("teacher %s: labelling %s%d training images", teacher, what, len(view))
+            p = label_images(loaded, view, flip=not views)
+            log.info("teacher %s: %.2f %% agree with the true labels", teacher, 100 * np.mean(p.argmax(1) == labels))
+            probs[k].append(p)
+    targets = [distilled_targets(onehot, p, alpha, temperature) for p in probs]
+    return np.stack(targets) if views else targets[0]

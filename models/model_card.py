@@ -97,6 +97,9 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         + (f" ({statistics.median(seconds):.0f} s per epoch on 2 CPU cores, {sum(seconds) / 3600:.1f} h in all)"
            if seconds else "") + "; " + _selection_text(report)
         + (f" Soft targets: alpha {config.get('distill_alpha')}, temperature {config.get('distill_temperature')}."
+           + (f" The teachers labelled {config['distill_views']} fixed augmented copies of every training image "
+              f"as the student saw them (`--distill-views`), epoch e training on copy e mod "
+              f"{config['distill_views']}." if config.get("distill_views") else "")
            + _teacher_text(teachers or [], hours, _base_sha(config) if base else None)
            if config.get("teachers") else ""),
         "",

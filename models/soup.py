@@ -84,7 +84,7 @@ def average_runs(runs: list[str], out: str | Path, *, data: str | None = None, o
     first = run_record(Path(files[0].model).parent)["config"]
     if not first:
         raise ValueError(f"{runs[0]}: no config.json, so the batches to measure batch norm on are unknown")
-    cfg = TrainConfig(**{**first, "data": data or first["data"], "teachers": []})
+    cfg = TrainConfig(**{**first, "data": data or first["data"], "teachers": [], "distill_views": 0})
     train_set, _ = _load_splits(cfg)
     onehot = np.eye(len(train_set.classes), dtype=np.float32)[train_set.labels]
     ones = np.ones(len(train_set.classes), np.float32)

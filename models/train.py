@@ -64,6 +64,7 @@ class TrainConfig:
     teachers: list[str] | None = None  # trained runs whose soft labels the student learns from
     distill_alpha: float = 0.5  # weight of the teachers' distribution in the target
     distill_temperature: float = 2.0
+    distill_views: int = 0  # teachers label this many fixed augmented copies of each image; 0: the clean image
     init_from: str | None = None  # a trained model (.keras or run folder) whose weights start this run
     swa_epochs: int = 0  # ship the average of the last N epochs' weights (models/swa.py), not the best epoch
     flip_average: bool = False  # the model is to be run flip-averaged (edge.tta); recorded in its spec
@@ -85,6 +86,10 @@ class TrainConfig:
             raise ValueError("--label-smoothing must be in [0, 1)")
         if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
             raise ValueError("--distill-alpha must be in [0, 1] and --distill-temperature positive")
+        if self.distill_views < 0 or (self.distill_views and not self.teachers):
+            raise ValueError("--distill-views must be >= 0 and needs at least one --teacher")
+        if self.distill_views and PRESETS[self.augment].is_identity:
+            raise ValueError("--distill-views needs an augmentation preset: with --augment none every view is the same")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ValueError(f"--swa-epochs must be between 0 and --epochs ({self.epochs})")
 
@@ -167,19 +172,40 @@ def class_weight_vector(labels: np.ndarray, num_classes: int, mode: str) -> np.n
 
 
 def epoch_batches(data: LabelledImages, spec: PreprocessSpec, cfg: TrainConfig, epoch: int,
-                  sample_weights: np.ndarray, targets: np.ndarray):
-    """Yield (x, target distribution, weight) batches for one epoch, drawn from (seed, epoch) alone."""
+                  sample_weights: np.ndarray, targets: np.ndarray, views: list[np.ndarray] | None = None):
+    """Yield (x, target distribution, weight) batches for one epoch, drawn from (seed, epoch) alone.
+
+    With `views` (fixed augmented copies, `augmented_views`) the epoch trains on copy epoch mod K
+    and its own targets (K, N, C) instead of augmenting afresh."""
     rng = np.random.default_rng([cfg.seed, epoch])
     order = rng.permutation(len(data))
     aug = PRESETS[cfg.augment]
+    if views:
+        images, targets = views[epoch % len(views)], targets[epoch % len(views)]
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start:start + cfg.batch_size]
-        x = preprocess(augment_batch(data.images[idx], aug, rng), spec)
+        x = preprocess(images[idx], spec) if views else preprocess(augment_batch(data.images[idx], aug, rng), spec)
         yield x, targets[idx], sample_weights[data.labels[idx]]
 
 
-def training_targets(cfg: TrainConfig, run: Path, train_set: LabelledImages, resume: bool) -> np.ndarray:
-    """One-hot labels, or with teachers the distilled targets (computed once, kept in the run)."""
+VIEW_STREAM = 7919  # keeps the views' random stream apart from the epochs' (seed, epoch) streams
+
+
+def augmented_views(data: LabelledImages, cfg: TrainConfig) -> list[np.ndarray] | None:
+    """`cfg.distill_views` augmented copies of every training image, each drawn from (seed, view) alone,
+    so a resumed run rebuilds exactly the copies its stored targets were computed on."""
+    if not cfg.distill_views:
+        return None
+    aug = PRESETS[cfg.augment]
+    log.info("drawing %d augmented views of %d training images (%s)", cfg.distill_views, len(data), cfg.augment)
+    return [augment_batch(data.images, aug, np.random.default_rng([cfg.seed, VIEW_STREAM, k]))
+            for k in range(cfg.distill_views)]
+
+
+def training_targets(cfg: TrainConfig, run: Path, train_set: LabelledImages, resume: bool,
+                     views: list[np.ndarray] | None = None) -> np.ndarray:
+    """One-hot labels, or with teachers the distilled targets (computed once, kept in the run):
+    (N, C), or (K, N, C) with K augmented `views`."""
     onehot = np.eye(len(train_set.classes), dtype=np.float32)[train_set.labels]
     if not cfg.teachers:
         return onehot
@@ -188,12 +214,12 @@ def training_targets(cfg: TrainConfig, run: Path, train_set: LabelledImages, res
     stored = run / TARGETS_FILE
     if resume and stored.exists():
         targets = np.load(stored)
-        if targets.shape == onehot.shape:
+        if targets.shape == ((len(views),) if views else ()) + onehot.shape:
             return targets
         log.warning("%s: shape %s does not fit %d images; labelling again", stored, targets.shape, len(train_set))
     write_text_atomic(run / TEACHERS_FILE, json.dumps([describe_teacher(t) for t in cfg.teachers], indent=2) + "\n")
     targets = build_targets(cfg.teachers, train_set.images, train_set.labels, train_set.classes,
-                            cfg.distill_alpha, cfg.distill_temperature)
+                            cfg.distill_alpha, cfg.distill_temperature, views)
     tmp = stored.with_name(".tmp." + stored.name)
     with open(tmp, "wb") as f:
         np.save(f, targets)
@@ -352,7 +378,8 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
     x_val = preprocess(val_set.images, spec)
     y_val = np.eye(len(classes), dtype=np.float32)[val_set.labels]
     weights = class_weight_vector(train_set.labels, len(classes), cfg.class_weights)
-    targets = training_targets(cfg, run, train_set, resume)
+    views = augmented_views(train_set, cfg)
+    targets = training_targets(cfg, run, train_set, resume, views)
     steps = math.ceil(len(train_set) / cfg.batch_size)
     if verbose is None:
         verbose = 1 if sys.stderr.isatty() else 2
@@ -366,7 +393,7 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
         started = time.perf_counter()
         if verbose:
             print(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}", file=sys.stderr, flush=True)
-        batches = generator_dataset(lambda e=epoch: epoch_batches(train_set, spec, cfg, e, weights, targets),
+        batches = generator_dataset(lambda e=epoch: epoch_batches(train_set, spec, cfg, e, weights, targets, views),
                                     spec.input_shape, (len(classes),), ())
         result = model.fit(batches, epochs=1, steps_per_epoch=steps, validation_data=(x_val, y_val),
                            validation_batch_size=256, verbose=verbose)
@@ -387,7 +414,7 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
                  time_left(state.history["seconds"], cfg.epochs - epoch - 1))
 
     if average is not None and average.count and not state.swa_averaged:
-        _finish_average(cfg, state, model, average, run, spec, train_set, weights, targets, x_val, y_val)
+        _finish_average(cfg, state, model, average, run, spec, train_set, weights, targets, views, x_val, y_val)
     keras.mixed_precision.set_global_policy("float32")  # the saved model and anything after run in float32
     return finish_run(run, val_set, spec, classes, state)
 
@@ -431,12 +458,13 @@ def _weight_average(cfg: TrainConfig, ckpt: Path | None):
     return WeightAverage()
 
 
-def _finish_average(cfg, state, model, average, run, spec, train_set, weights, targets, x_val, y_val) -> None:
+def _finish_average(cfg, state, model, average, run, spec, train_set, weights, targets, views, x_val, y_val) -> None:
     """Load the averaged weights, measure their batch-norm statistics and save them as the run's model."""
     from models.swa import recalibrate_batchnorm
 
     model.set_weights(average.as_model_weights(model.get_weights()))
-    recalibrate_batchnorm(model, (x for x, _, _ in epoch_batches(train_set, spec, cfg, cfg.epochs, weights, targets)))
+    recalibrate_batchnorm(model, (x for x, _, _ in epoch_batches(train_set, spec, cfg, cfg.epochs, weights, targets,
+                                                                  views)))
     _, accuracy = model.evaluate(x_val, y_val, batch_size=256, verbose=0)
     log.info("average of the last %d epochs: validation accuracy %.4f (best single epoch %.4f @ %d)",
              average.count, accuracy, state.best_val_accuracy, state.best_epoch)

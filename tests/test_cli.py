@@ -261,6 +261,10 @@ def test_model_card_names_teachers_by_hash_and_counts_their_hours(tmp_path):
     unknown = card_text(tmp_path, report, config, {"seconds": [1800.0] * 2}, 10, 10, None, "fer",
                         [{**teacher, "training_hours": None}])
     assert "not all on record" in unknown and "teachers' own training," not in unknown
+    assert "--distill-views" not in card
+    views = card_text(tmp_path, report, {**config, "distill_views": 10}, {"seconds": [1800.0] * 2}, 10, 10, None,
+                      "fer", [teacher])
+    assert "--distill-views 10" in views and "labelled 10 fixed augmented copies" in views
 
 
 def test_model_card_counts_a_teacher_that_is_also_the_first_stage_once(tmp_path):

@@ -193,6 +193,39 @@ def test_student_learns_from_a_teacher_and_resumes_on_the_same_targets(synthetic
     np.testing.assert_allclose(np.load(tmp_path / "student" / TARGETS_FILE), 1 / 7)
 
 
+def test_teachers_label_each_augmented_view_and_the_epochs_cycle_through_them(synthetic_dataset, tmp_path):
+    from models.distill import TARGETS_FILE, label_images, load_teacher
+    from models.train import augmented_views, epoch_batches
+
+    train(_config(synthetic_dataset, tmp_path / "teacher", epochs=3), verbose=0)
+    cfg = _config(synthetic_dataset, tmp_path / "student", epochs=3, teachers=[str(tmp_path / "teacher")],
+                  distill_alpha=1.0, distill_temperature=1.0, distill_views=2, augment="camera")
+    train(cfg, verbose=0)
+    targets = np.load(tmp_path / "student" / TARGETS_FILE)
+    assert targets.shape == (2, 7 * 24, 7)
+    assert np.abs(targets[0] - targets[1]).max() > 0.01  # two views, two labellings
+
+    from models.train import _load_splits
+    data, _ = _load_splits(cfg)
+    views = augmented_views(data, cfg)
+    assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[0], data.images)
+    np.testing.assert_array_equal(views[1], augmented_views(data, cfg)[1])  # a resume rebuilds the same copies
+    # alpha 1, T 1: each view's target is the teacher's own un-flipped output on exactly that copy
+    np.testing.assert_allclose(targets[1], label_images(load_teacher(tmp_path / "teacher", data.classes), views[1],
+                                                        flip=False), atol=1e-5)
+    from edge.preprocess import PreprocessSpec, preprocess
+    spec = PreprocessSpec.load(tmp_path / "student" / "preprocess.json")
+    batches = list(epoch_batches(data, spec, cfg, 3, np.ones(7, np.float32), targets, views))
+    order = np.random.default_rng([cfg.seed, 3]).permutation(len(data))
+    x, t, _ = batches[0]  # epoch 3 of 2 views trains on view 1, in epoch 3's order
+    np.testing.assert_allclose(t, targets[1][order[:cfg.batch_size]])
+    np.testing.assert_allclose(x, preprocess(views[1][order[:cfg.batch_size]], spec))
+    assert sum(len(t) for _, t, _ in batches) == len(data)
+
+    with pytest.raises(ValueError, match="distill-views"):
+        _config(synthetic_dataset, tmp_path / "x", distill_views=2).validate()  # no teacher
+
+
 def test_teacher_with_other_classes_is_refused(synthetic_dataset, tmp_path):
     from models.distill import teacher_probabilities
 
