@@ -83,7 +83,8 @@ def describe_teacher(teacher: str | Path) -> dict:
     folder = Path(files.model).parent
     record = run_record(folder)
     seconds = record["history"].get("seconds", [])
-    metrics = [m for m in (folder / "metrics.json", folder / "test-eval" / "metrics.json") if m.is_file()]
+    metrics = [m for m in (folder / "metrics.json", folder / "eval" / "metrics.json", folder / "test-eval" / "metrics.json")
+               if m.is_file()]
     accuracy = json.loads(metrics[0].read_text()).get("accuracy") if metrics else None
     arch = record["config"].get("arch")
     if arch is None:  # a shipped folder from before it kept config.json: the network's own name

@@ -187,6 +187,8 @@ def test_student_learns_from_a_teacher_and_resumes_on_the_same_targets(synthetic
     [teacher] = json.loads((tmp_path / "student" / "teachers.json").read_text())
     assert teacher["model_sha256"] == sha256_file(tmp_path / "teacher" / "model.keras")
     assert teacher["epochs"] == 3 and teacher["arch"] == cfg.arch and teacher["training_hours"] > 0
+    # a run folder keeps its accuracy in eval/metrics.json; the card names it beside the teacher
+    assert teacher["test_accuracy"] == pytest.approx(json.loads((tmp_path / "teacher/eval/metrics.json").read_text())["accuracy"])
 
     np.save(tmp_path / "student" / TARGETS_FILE, np.full_like(targets, 1 / 7))  # marked: a resume must reuse them
     resume(tmp_path / "student", epochs=3, verbose=0)
