@@ -49,6 +49,47 @@ def os_name() -> str:
     return platform.platform()
 
 
+# CPU features that decide how int8 arithmetic runs (export/onnx.py, export/openvino.py), as
+# /proc/cpuinfo spells them: x86 "flags", ARM "Features" (asimddp = dot product, i8mm = int8 matmul).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "avx512_bf16",
+             "asimd", "asimddp", "i8mm", "sve")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def isa_flags() -> list[str]:
+    """The int8-relevant ISA extensions this CPU reports, in ISA_FLAGS order."""
+    info = _read("/proc/cpuinfo") or ""
+    present: set[str] = set()
+    for line in info.splitlines():
+        key = line.split(":")[0].strip().lower()
+        if key in ("flags", "features"):
+            present.update(line.split(":", 1)[1].split())
+    return [f for f in ISA_FLAGS if f in present]
+
+
+def host_record() -> dict:
+    """Where something was measured: architecture, CPU model and its int8-relevant ISA flags."""
+    return {"machine": platform.machine(), "cpu": cpu_model(), "isa": isa_flags()}
+
+
+def describe_host(record: dict) -> str:
+    """'AMD EPYC (x86_64; avx2)': how a figure names the CPU it came from."""
+    isa = ", ".join(record.get("isa") or []) or "no int8 extensions"
+    return f"{record.get('cpu', '?')} ({record.get('machine', '?')}; {isa})"
+
+
+def host_difference(verified_on: dict | None, here: dict | None = None) -> str | None:
+    """One line when this CPU may compute a bundle's artifacts differently from where they were verified."""
+    if not verified_on:
+        return None
+    here = here or host_record()
+    if verified_on.get("machine") == here["machine"] and verified_on.get("cpu") == here["cpu"] \
+            and sorted(verified_on.get("isa") or []) == sorted(here["isa"]):
+        return None
+    return (f"note: this bundle was verified on {describe_host(verified_on)}; this device is {describe_host(here)}: "
+            f"accuracy here is what 'feredge bench --data DIR' measures")
+
+
 def device_key() -> dict:
     return {"machine": platform.machine(), "cpu": cpu_model(), "system": f"{platform.system()} {platform.release()}"}
 
@@ -56,7 +97,7 @@ def device_key() -> dict:
 def device_facts() -> dict:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {**device_key(), "board": board(), "cores": os.cpu_count(), "usable_cores": usable, "os": os_name(),
-            "python": sys.version.split()[0]}
+            "python": sys.version.split()[0], "isa": isa_flags()}
 
 
 def _version(dist: str) -> str | None:

@@ -8,6 +8,12 @@ lost 1.14 points and failed the 1-point rule). So int8 quantizes with each candi
 the one whose model agrees best with the float IR on the calibration faces; the verification
 faces are left to judge the result. Both candidates use the mixed preset (asymmetric
 activations), which agreed better than the performance (symmetric) preset for both models.
+
+The overflow fix is the OpenVINO side of the saturation that ONNX Runtime shows (export/onnx.py):
+oneDNN's int8 kernels on x86 without VNNI add pairs of 8-bit products in 16 bits. NNCF's fix
+quantizes weights to 7 bits; its default applies it to the first layer only, which leaves every
+later layer free to saturate on such CPUs. `SCHEMES` names the three settings; the portable one
+fixes every layer.
 """
 from __future__ import annotations
 
@@ -26,12 +32,21 @@ INT8_CANDIDATES = {  # name -> what the manifest records; tried in this order, t
 }
 
 
-def settings(precision: str) -> dict:
+SCHEMES = {  # name -> (NNCF OverflowFix value, portable: no CPU class saturates, note)
+    "fix-all": ("enable", True, "7-bit weights in every layer: no CPU saturates"),
+    "fix-first": ("first_layer_only", False, "NNCF's default: later layers saturate on x86 without VNNI"),
+    "no-fix": ("disable", False, "full 8-bit weights: fastest on VNNI/AMX, saturates on AVX2-only x86"),
+}
+DEFAULT_SCHEME = "fix-all"
+
+
+def settings(precision: str, scheme: str = DEFAULT_SCHEME) -> dict:
     base = {"converter": "openvino.convert_model (tf-keras model object)"}
     if precision == "fp16":
         return {**base, "weights": "float16 (compress_to_fp16)"}
     if precision == "int8":
-        return {**base, "quantizer": "nncf.quantize", "candidates": list(INT8_CANDIDATES),
+        return {**base, "quantizer": "nncf.quantize", "scheme": scheme, "overflow_fix": SCHEMES[scheme][0],
+                "portable": SCHEMES[scheme][1], "candidates": list(INT8_CANDIDATES),
                 "chosen_by": "top-1 agreement with the float IR on the calibration faces"}
     return base
 
@@ -52,20 +67,24 @@ def save(ov_model, xml_path: Path, precision: str) -> list[Path]:
     return [xml_path, xml_path.with_suffix(".bin")]
 
 
-def quantize_int8(ov_model, calib: np.ndarray) -> tuple[object, dict]:
+def quantize_int8(ov_model, calib: np.ndarray, scheme: str = DEFAULT_SCHEME) -> tuple[object, dict]:
     """The int8 model of the candidate that agrees best with ov_model on calib, and what was chosen:
     {"chosen": name, "calibration_agreement": {name: share}, **that candidate's settings}."""
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown OpenVINO int8 scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
     if calib is None or not len(calib):
         raise ValueError("OpenVINO int8 needs calibration images")
+    fix = OverflowFix(SCHEMES[scheme][0])
     items = [calib[i:i + 1].astype(np.float32) for i in range(len(calib))]
     params = {"minmax": AdvancedQuantizationParameters(
-                  disable_bias_correction=True, activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX),
-              "nncf-default": AdvancedQuantizationParameters()}
+                  overflow_fix=fix, disable_bias_correction=True,
+                  activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX),
+              "nncf-default": AdvancedQuantizationParameters(overflow_fix=fix)}
     core = ov.Core()
     # f32 hint: compare the quantization itself, not the CPU's bf16 treatment of what stays float
     reference = _top1(core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), calib)
