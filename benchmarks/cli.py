@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 log = logging.getLogger("feredge.bench")
@@ -64,6 +65,15 @@ def run(args: argparse.Namespace) -> int:
                         select=tuple(s for s in args.artifacts.split(",") if s), data=args.data, split=args.split,
                         accuracy=not args.no_accuracy, reference=args.reference, openvino_device=args.device,
                         onnx_providers=args.providers)
+    from edge.bundle import Bundle
+    from edge.device import host_difference
+
+    try:
+        note = host_difference(Bundle.load(bundle).manifest.get("verified_on"))
+    except ValueError:
+        note = None  # run_bench names what is wrong with the bundle
+    if note:
+        print(note, file=sys.stderr)
     result = run_bench(bundle, opts)
     apply_gate(result["records"], opts.max_drop)
     result["recommendation"] = recommend(result["records"], opts.max_drop)

@@ -9,7 +9,8 @@
 
 2. Otherwise a fixed order among the installed runtimes: ONNX Runtime first when it has a TensorRT
    or CUDA execution provider (a Jetson with onnxruntime-gpu), else tflite, openvino, onnx; fp32
-   unless a precision is asked for.
+   unless a precision is asked for. The thread count is then the export target's (manifest
+   "target": {"threads": 4} for a Pi), capped at this device's usable cores.
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
         if backend not in installed:
             raise ValueError(f"backend {backend} is not installed here (pip install \"feredge[{backend}]\")")
         artifact = _pick(bundle, backend, precision)
-        return Choice(artifact, threads, f"--backend {backend}")
+        return Choice(artifact, threads or target_threads(bundle), f"--backend {backend}")
 
     rec = read_recommendation(bundle)
     if rec is not None:
@@ -105,6 +106,7 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
         order, why = ("onnx",), "ONNX Runtime has a GPU execution provider"
     else:
         order, why = CPU_ORDER, "default order tflite, openvino, onnx among the installed runtimes"
+    threads = threads or target_threads(bundle)
     for fmt in order:
         if fmt not in available:
             continue
@@ -114,6 +116,17 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
             continue
     raise ValueError(f"{bundle.root}: no {precision} artifact for any installed runtime "
                      f"(this bundle has: {', '.join(a.id for a in bundle.artifacts)})")
+
+
+def target_threads(bundle: Bundle) -> int | None:
+    """The export target's thread default, at most this device's usable cores (None: the runtime's)."""
+    import os
+
+    wanted = (bundle.manifest.get("target") or {}).get("threads")
+    if not wanted:
+        return None
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(int(wanted), usable))
 
 
 def _pick(bundle: Bundle, fmt: str, precision: str | None) -> Artifact:

@@ -139,6 +139,11 @@ def run(args) -> int:
     except BundleError as exc:
         raise ValueError(str(exc)) from None
 
+    from edge.device import host_difference
+
+    note = host_difference(bundle.manifest.get("verified_on"))
+    if note:
+        log.warning("%s", note)
     if args.smooth:
         parse_smoother(args.smooth)  # a typo fails before the model loads
     choice = choose(bundle, args.backend, args.precision, args.threads)

@@ -11,7 +11,8 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
                  progress: bool = True, **more):
     """Export a trained tf-keras model to a verified bundle; returns the `edge.bundle.Bundle`.
 
-    See export.pipeline.export_model (more: finetune_epochs=2, seed=0).
+    See export.pipeline.export_model (more: finetune_epochs=2, seed=0, skip, flip_average, target,
+    preprocess).
     """
     from export.pipeline import export_model as _export_model
 

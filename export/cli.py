@@ -1,7 +1,14 @@
-"""Arguments of `feredge export`."""
+"""Arguments of `feredge export`.
+
+Exit codes: 0 every artifact passed verification; 3 some were rejected (the bundle holds the
+ones that passed, the summary lists each rejected one with its reason) or none passed (nothing
+written, the earlier bundle kept); 2 bad input, named in one line.
+"""
 from __future__ import annotations
 
 import argparse
+
+EXIT_REJECTED = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -10,9 +17,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                  "and 'feredge bench' use, for the shipped model; bundles/<model folder or file "
                                  "name> otherwise); an earlier bundle there is replaced only when the new one is "
                                  "complete and verified")
-    p.add_argument("--formats", help="comma list of tflite, onnx, openvino (default: all)")
-    p.add_argument("--precisions", help="comma list of fp32, fp16, dynamic, int8 (default: all; combinations a "
-                                        "format does not offer are skipped with a note)")
+    from edge import preprocess_flags
+    from export.targets import TARGETS
+
+    p.add_argument("--target", default="generic", choices=tuple(TARGETS),
+                   help="the device to build for: formats, precisions, int8 schemes and thread default "
+                        "(default: generic, whose int8 gives the same results on every CPU); "
+                        + "; ".join(f"{t.name}: {t.device}" for t in TARGETS.values()))
+    p.add_argument("--formats", help="comma list of tflite, onnx, openvino (default: the target's)")
+    p.add_argument("--precisions", help="comma list of fp32, fp16, dynamic, int8 (default: the target's; "
+                                        "combinations a format does not offer are skipped with a note)")
     p.add_argument("--skip", metavar="FORMAT-PRECISION",
                    help="comma list of combinations to leave out, e.g. openvino-fp32 (a smaller bundle)")
     p.add_argument("--calib", help="folder of face images for int8 calibration (default: the shipped sample)")
@@ -32,14 +46,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run each face and its mirror image and average: as the model's preprocess.json says "
                         "(default) or set on/off in the bundle")
     p.add_argument("--add-softmax", action="store_true", help="append a softmax to a model that outputs logits")
+    preprocess_flags.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     import time
     from pathlib import Path
 
+    from edge import preprocess_flags
     from edge.paths import DEFAULT_BUNDLE, PRETRAINED_DIR
     from export import export_model
+    from export.pipeline import ExportIncomplete
 
     model = Path(args.model) if args.model else PRETRAINED_DIR
     if args.out:
@@ -49,11 +67,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = Path("bundles") / (model.stem if model.is_file() else model.name)
     started = time.perf_counter()
-    bundle = export_model(model, out, formats=args.formats, precisions=args.precisions, calib=args.calib,
-                          calib_count=args.calib_count, data=args.data, labels=args.labels, prune=args.prune,
-                          allow_drop=args.allow_drop, add_softmax=args.add_softmax, progress=not args.quiet,
-                          finetune_epochs=args.finetune_epochs, skip=args.skip,
-                          flip_average={"spec": None, "on": True, "off": False}[args.flip_average])
+    try:
+        bundle = export_model(model, out, formats=args.formats, precisions=args.precisions, calib=args.calib,
+                              calib_count=args.calib_count, data=args.data, labels=args.labels, prune=args.prune,
+                              allow_drop=args.allow_drop, add_softmax=args.add_softmax, progress=not args.quiet,
+                              finetune_epochs=args.finetune_epochs, skip=args.skip, target=args.target,
+                              preprocess=preprocess_flags.from_args(args),
+                              flip_average={"spec": None, "on": True, "off": False}[args.flip_average])
+    except ExportIncomplete as exc:
+        print(exc.summary, end="")
+        print(f"\nferedge export: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
     print((bundle.root / "summary.txt").read_text(), end="")
+    rejected = bundle.manifest.get("rejected") or []
     print(f"\nbundle: {bundle.root} ({len(bundle.artifacts)} artifacts) in {time.perf_counter() - started:.0f} s")
+    if rejected:
+        print(f"feredge export: {len(rejected)} artifact(s) rejected and left out: "
+              f"{', '.join(a['id'] for a in rejected)} (exit {EXIT_REJECTED})", file=sys.stderr)
+        return EXIT_REJECTED
     return 0

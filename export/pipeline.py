@@ -1,10 +1,12 @@
 """`export_model`: a trained Keras model in, a verified bundle (DESIGN.md) out.
 
-Order of work: check everything that can be checked cheaply (formats, pruning needs data,
-the model path, the calibration folder, the output location) before TensorFlow is imported;
-then load the model, the calibration and verification faces, convert and verify each
-artifact in a temporary directory, prune and fine-tune if asked, and only when every
-artifact passed (or --allow-drop) write the manifest and swap the bundle into place.
+Order of work: check everything that can be checked cheaply (target, formats, pruning needs
+data, the model path, the calibration folder, the output location) before TensorFlow is
+imported; then load the model, the calibration and verification faces, convert and verify each
+artifact in a temporary directory, prune and fine-tune if asked. An artifact that fails
+verification is rejected on its own: its files are left out, the manifest and the summary name
+it and why, and the artifacts that passed are written as the bundle (`ExportIncomplete` is
+raised only when none passed; the earlier bundle then stays). --allow-drop keeps failures.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import datetime
 import gzip
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -31,6 +34,7 @@ from export.bundle_writer import BundleWriter
 from export.calibration import list_calibration_files, load_calibration, labelled_sets
 from export.pruning import PruneRequest, parse_prune
 from export.summary import format_summary, toolchain_versions
+from export.targets import get_target, host_warning
 from export.verify import Reference, accuracy, verify
 from models.run_dir import locate_model
 
@@ -45,6 +49,15 @@ NOT_OFFERED = {
     ("openvino", "dynamic"): "not offered: OpenVINO's CPU plugin has no dynamic-range mode; use int8 (NNCF)",
 }
 NOISY_LOGGERS = ("tf2onnx", "nncf", "absl", "onnxruntime", "openvino", "tensorflow")
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA")  # set: OpenVINO verified on a capped ISA, recorded
+
+
+class ExportIncomplete(ValueError):
+    """No artifact passed verification: nothing was written; `summary` is the table of what failed."""
+
+    def __init__(self, message: str, summary: str):
+        super().__init__(message)
+        self.summary = summary
 
 
 def _as_list(value, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -115,10 +128,11 @@ class _Exporter:
     """Converts and verifies one Keras model (the source or a pruned variant) into the bundle."""
 
     def __init__(self, writer: BundleWriter, jobs, calib, verify_set, scratch: Path, total: int,
-                 flip_average: bool = False):
+                 flip_average: bool = False, target=None):
         self.writer, self.jobs, self.calib, self.verify_set = writer, jobs, calib, verify_set
         self.scratch, self.total, self.done = scratch, total, 0
         self.flip_average = flip_average  # verified as the device will run it
+        self.target = target or get_target(None)
 
     def run(self, model, ref: Reference, tag: str | None = None, pruning: dict | None = None) -> list[dict]:
         records, onnx_fp32, ov_model = [], None, None
@@ -138,10 +152,12 @@ class _Exporter:
                         onnx_fp32 = target if prec == "fp32" else self.scratch / f"{tag or 'model'}.fp32.onnx"
                         onnx_export.convert_fp32(model, onnx_fp32)
                     if prec == "int8":
-                        onnx_export.quantize_int8(onnx_fp32, target, self.calib.x, self.scratch)
+                        onnx_export.quantize_int8(onnx_fp32, target, self.calib.x, self.scratch,
+                                                  self.target.onnx_scheme)
                 else:
                     if prec == "int8":
-                        quantized, chosen = ov_export.quantize_int8(ov_export.convert(model), self.calib.x)
+                        quantized, chosen = ov_export.quantize_int8(ov_export.convert(model), self.calib.x,
+                                                                    self.target.openvino_scheme)
                         ov_export.save(quantized, target, prec)
                     else:
                         ov_model = ov_model or ov_export.convert(model)
@@ -156,8 +172,7 @@ class _Exporter:
                 "bytes": int(sum(p.stat().st_size for p in paths)),
                 "sha256": {f: sha256_file(p) for f, p in zip(files, paths)},
                 "pruning": pruning, "verification": check,
-                "settings": {"tflite": tflite_export.settings, "onnx": onnx_export.settings,
-                             "openvino": ov_export.settings}[fmt](prec) | chosen,
+                "settings": self._settings(fmt, prec) | chosen,
                 "convert_seconds": round(seconds, 2),
             }
             if fmt == "tflite":
@@ -169,11 +184,18 @@ class _Exporter:
             records.append(record)
         return records
 
+    def _settings(self, fmt: str, prec: str) -> dict:
+        if fmt == "onnx":
+            return onnx_export.settings(prec, self.target.onnx_scheme)
+        if fmt == "openvino":
+            return ov_export.settings(prec, self.target.openvino_scheme)
+        return tflite_export.settings(prec)
+
 
 def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=None, calib_count: int = 300,
                  data=None, labels=None, prune=None, allow_drop: bool = False, add_softmax: bool = False,
                  progress: bool = True, finetune_epochs: int = 2, seed: int = 0, skip=None,
-                 flip_average: bool | None = None) -> Bundle:
+                 flip_average: bool | None = None, target: str | None = None, preprocess=None) -> Bundle:
     """Export a trained tf-keras model to a verified bundle in `out_dir`; returns the loaded bundle.
 
     formats: tflite, onnx, openvino (default all); precisions: fp32, fp16, dynamic, int8 (default
@@ -182,12 +204,21 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
     (default the shipped sample), calib_count of them. data: labelled faces for verification (its
     test split) and for pruning's fine-tuning (its train split); default the shipped sample.
     prune: e.g. "magnitude:0.5,structured:0.25". flip_average: None keeps the model's spec;
-    True/False sets it in the bundle's spec (verification then runs that way too). Raises
-    ValueError / FileNotFoundError / PermissionError with one line naming the file on bad input;
-    the previous bundle at `out_dir` survives any failure or interruption.
+    True/False sets it in the bundle's spec (verification then runs that way too). target: an
+    export.targets name (default generic): the formats and precisions when those are not given,
+    the int8 schemes and the device's thread default. preprocess: {field: value} for a model
+    without preprocess.json (export.source.PREPROCESS_FLAGS). Raises ValueError /
+    FileNotFoundError / PermissionError with one line naming the file on bad input, and
+    ExportIncomplete when no artifact passed; the previous bundle at `out_dir` survives any
+    failure or interruption. Artifacts that failed while others passed are listed under
+    manifest["rejected"] and left out of the bundle.
     """
     started = time.perf_counter()
-    jobs, skipped = plan(formats, precisions, skip)
+    from edge.device import host_record
+
+    profile = get_target(target)
+    jobs, skipped = plan(formats if formats is not None else profile.formats,
+                         precisions if precisions is not None else profile.precisions, skip)
     requests = parse_prune(prune)
     if requests and data is None:
         raise ValueError("pruning needs fine-tuning data: pass --data DIR")
@@ -207,7 +238,7 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
         from export.source import load_source
 
         log.info("loading %s", model_path)
-        source = load_source(model_path, labels=labels, add_softmax=add_softmax)
+        source = load_source(model_path, labels=labels, add_softmax=add_softmax, preprocess=preprocess)
         if flip_average is not None:
             source = dataclasses.replace(source, spec=source.spec.replace(flip_average=flip_average))
         if source.spec.flip_average:
@@ -230,8 +261,16 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
         if ref_acc is not None:
             log.info("Keras source accuracy on the verification faces: %.2f %%", ref_acc * 100)
 
+        host = host_record()
+        caps = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+        warning = host_warning(profile, host)
+        if warning:
+            log.warning("%s", warning)
+        log.info("target %s: onnx int8 %s, openvino int8 %s; verifying on %s%s", profile.name, profile.onnx_scheme,
+                 profile.openvino_scheme, host["cpu"],
+                 f" with {', '.join(f'{k}={v}' for k, v in caps.items())}" if caps else "")
         exporter = _Exporter(writer, jobs, calib_set, verify_set, Path(scratch), len(jobs) * (1 + len(requests)),
-                             source.spec.flip_average)
+                             source.spec.flip_average, profile)
         artifacts = exporter.run(model, Reference(ref_probs, ref_acc, ref_acc))
         reports = []
         for request in requests:
@@ -248,13 +287,17 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
             del pruned
 
         failures = [a for a in artifacts if not a["verification"]["passed"]]
-        if failures and not allow_drop:
-            raise ValueError("verification failed: " + "; ".join(f"{a['id']}: {a['verification']['failure']}"
-                                                                 for a in failures)
-                             + " (pass --allow-drop to keep such artifacts)")
+        rejected = []
         for a in failures:
-            log.warning("%s: %s (kept: --allow-drop)", a["id"], a["verification"]["failure"])
-            a["verification"]["allowed"] = True
+            if allow_drop:
+                log.warning("%s: %s (kept: --allow-drop)", a["id"], a["verification"]["failure"])
+                a["verification"]["allowed"] = True
+            else:
+                log.warning("%s: REJECTED, left out of the bundle: %s", a["id"], a["verification"]["failure"])
+                for name in a["files"]:
+                    writer.path(name).unlink(missing_ok=True)
+                rejected.append({**a, "reason": a["verification"]["failure"]})
+        artifacts = [a for a in artifacts if a["verification"]["passed"] or allow_drop]
 
         writer.write_text("preprocess.json", json.dumps(source.spec.to_dict(), indent=2) + "\n")
         writer.write_text("labels.json", json.dumps(list(source.labels), indent=2) + "\n")
@@ -268,16 +311,24 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
             "input": {"height": h, "width": w, "channels": c, "layout": "NHWC", "dtype": "float32"},
             "preprocess": source.spec.to_dict(),
             "toolchain": toolchain_versions(),
+            "target": profile.to_dict(),
+            "verified_on": {**host, **({"isa_cap": caps} if caps else {})},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "calibration": {"source": calib_set.source, "count": len(calib_set)},
             "verification_data": {"source": verify_set.source, "count": len(verify_set),
                                   "labelled": int(verify_set.labelled.sum()), "keras_accuracy": ref_acc},
             "artifacts": artifacts,
+            "rejected": rejected,
             "skipped": skipped,
             "pruning": reports,
             "allow_drop": bool(allow_drop),
         }
         manifest["export_seconds"] = round(time.perf_counter() - started, 1)
+        if not artifacts:
+            reasons = "; ".join(f"{a['id']}: {a['reason']}" for a in rejected)
+            raise ExportIncomplete(f"verification failed for every artifact ({reasons}); nothing was written and "
+                                   f"{writer.out} is unchanged (--allow-drop keeps such artifacts)",
+                                   format_summary(manifest))
         writer.write_text("summary.txt", format_summary(manifest))
         manifest["files"] = {name: sha256_file(writer.path(name))
                              for name in ("preprocess.json", "labels.json", "summary.txt")}

@@ -17,7 +17,7 @@ import numpy as np
 
 from edge.bundle import sha256_file
 from edge.preprocess import PreprocessSpec
-from models.run_dir import load_labels, locate_model
+from models.run_dir import locate_model, resolve_labels
 
 log = logging.getLogger("feredge.export")
 
@@ -50,26 +50,6 @@ class Source:
         return tuple(int(d) for d in self.model.input_shape[1:])
 
 
-def resolve_labels(labels, model_files) -> tuple[str, ...] | None:
-    """--labels as a labels.json path, a comma list or a sequence; else the run directory's."""
-    if labels is None:
-        return model_files.labels
-    if isinstance(labels, (str, os.PathLike)):
-        text = str(labels)
-        if Path(text).is_file() or text.lower().endswith(".json"):
-            if not Path(text).is_file():
-                raise FileNotFoundError(f"{text}: no such labels file")
-            return load_labels(text)
-        names = tuple(x.strip() for x in text.split(",") if x.strip())
-    else:
-        names = tuple(str(x) for x in labels)
-    if not names:
-        raise ValueError("--labels names no classes")
-    if len(set(names)) != len(names):
-        raise ValueError(f"--labels repeats a class name: {', '.join(names)}")
-    return names
-
-
 def fingerprint(path: Path) -> str:
     """sha256 of a model file, or of a SavedModel directory's files (names and contents)."""
     if path.is_file():
@@ -80,24 +60,28 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_source(model_path, *, labels=None, add_softmax: bool = False) -> Source:
+def load_source(model_path, *, labels=None, add_softmax: bool = False, preprocess: dict | None = None) -> Source:
+    """preprocess: spec fields from edge.preprocess_flags (required when the model has no preprocess.json)."""
+    from edge import preprocess_flags
+
     files = locate_model(model_path)
+    flags = dict(preprocess or {})
+    if files.spec is None:  # refuse before minutes of loading; the size is checked once the model is loaded
+        preprocess_flags.check_given(flags, str(files.model))
     from models.tf_env import keras
 
     model = _load_keras(files.model, keras)
     check_model(model)
     shape = tuple(int(d) for d in model.input_shape[1:])
     if files.spec is not None:
-        spec, spec_from = files.spec, str((Path(files.model).parent / "preprocess.json").resolve())
-        if spec.input_shape != shape:
-            raise ValueError(f"{spec_from}: the spec is for {spec.height}x{spec.width}x{spec.channels} "
-                             f"input but the model takes {shape[0]}x{shape[1]}x{shape[2]}")
+        spec_file = str((Path(files.model).parent / "preprocess.json").resolve())
+        if files.spec.input_shape != shape:
+            raise ValueError(f"{spec_file}: the spec is for {files.spec.height}x{files.spec.width}x"
+                             f"{files.spec.channels} input but the model takes {shape[0]}x{shape[1]}x{shape[2]}")
+        spec, how = preprocess_flags.resolve(files.spec, flags, shape, str(files.model))
+        spec_from = spec_file + (" with flags" if how.endswith("flags") else "")
     else:
-        if shape[2] not in (1, 3):
-            raise ValueError(f"{files.model}: input has {shape[2]} channels; faces are 1 (gray) or 3 (RGB)")
-        spec, spec_from = PreprocessSpec(height=shape[0], width=shape[1], channels=shape[2]), "model input"
-        log.warning("%s: no preprocess.json beside the model: assuming %dx%dx%d input scaled to 0..1",
-                    files.model, *shape)
+        spec, spec_from = preprocess_flags.resolve(None, flags, shape, str(files.model))
     names = resolve_labels(labels, files)
     classes = int(model.output_shape[-1])
     if names is None:

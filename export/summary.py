@@ -61,7 +61,7 @@ def format_table(artifacts: list[dict]) -> str:
     rows = []
     for a in artifacts:
         v = a["verification"]
-        check = "ok" if v["passed"] else "FAILED (allowed)"
+        check = "REJECTED" if "reason" in a else ("ok" if v["passed"] else "FAILED (allowed)")
         rows.append([a["format"], a["precision"], _pruning(a.get("pruning")), human_bytes(a["bytes"]),
                      _pct(v["agreement"]), f"{v['max_abs_diff']:.2g}", _pct(v["accuracy"]),
                      _points(v["accuracy_drop"]), v["ran_precision"],
@@ -87,7 +87,10 @@ def format_summary(manifest: dict) -> str:
              f"{manifest['calibration']['source']}"
              + ("; every figure is flip-averaged (face and mirror image)"
                 if manifest.get("preprocess", {}).get("flip_average") else ""),
-             "", format_table(manifest["artifacts"]), ""]
+             _target_line(manifest),
+             "", format_table(_in_export_order(manifest["artifacts"] + manifest.get("rejected", []))), ""]
+    for a in manifest.get("rejected", []):
+        lines.append(f"rejected {a['id']} (not in the bundle): {a['reason']}")
     for a in manifest["artifacts"]:
         d = a["verification"].get("device_default")
         if d and d["ran_precision"] != a["verification"]["ran_precision"]:
@@ -101,6 +104,23 @@ def format_summary(manifest: dict) -> str:
     lines += ["", "drop: accuracy points lost against the unpruned Keras model (negative: gained); agreement and "
                   "max|diff|: against the artifact's own Keras source (the pruned Keras model for pruned artifacts)"]
     return "\n".join(lines) + "\n"
+
+
+def _in_export_order(records: list[dict]) -> list[dict]:
+    formats, precisions = ("tflite", "onnx", "openvino"), ("fp32", "fp16", "dynamic", "int8")
+    return sorted(records, key=lambda a: ((a.get("pruning") or {}).get("tag") or "",
+                                          formats.index(a["format"]) if a["format"] in formats else 9,
+                                          precisions.index(a["precision"]) if a["precision"] in precisions else 9))
+
+
+def _target_line(manifest: dict) -> str:
+    from edge.device import describe_host
+
+    target, host = manifest.get("target") or {}, manifest.get("verified_on")
+    where = describe_host(host) if host else "an unrecorded CPU"
+    caps = ", ".join(f"{k}={v}" for k, v in (host or {}).get("isa_cap", {}).items())
+    return (f"target {target.get('name', '-')}: int8 schemes onnx {target.get('onnx_scheme', '-')}, openvino "
+            f"{target.get('openvino_scheme', '-')}; verified on {where}" + (f" capped to {caps}" if caps else ""))
 
 
 def _pruning_lines(p: dict) -> str:

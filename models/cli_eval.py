@@ -16,6 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip-average", choices=("spec", "on", "off"), default="spec",
                    help="average each face with its mirror image: as the model's preprocess.json says "
                         "(default), or force it on/off to measure what it buys")
+    p.add_argument("--labels", help="class names in output order for a model without labels.json: a labels.json "
+                                    "or a comma list")
+    from edge import preprocess_flags
+
+    preprocess_flags.add_arguments(p)
     p.add_argument("--perturb", nargs="?", const="default", metavar="KIND:VALUE,...",
                    help="also score the model on perturbed copies of the faces, as a camera sees them: "
                         "scale:PX (face seen at PX pixels), jpeg:Q, shift:PX, box:FACTOR (looser/tighter "
@@ -41,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
     if args.perturb is not None:
         from benchmarks.perturb import parse_conditions
         perturb = parse_conditions(args.perturb)
+    from edge import preprocess_flags
+
     report = evaluate_path(model, data, split, out_dir=args.out, skip_bad=args.skip_bad, flip_average=flip,
-                           perturb=perturb)
+                           perturb=perturb, labels=args.labels, preprocess=preprocess_flags.from_args(args))
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -92,20 +92,25 @@ def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
 
 def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = None, *,
                   out_dir: str | Path | None = None, skip_bad: bool = False,
-                  flip_average: bool | None = None, perturb=()) -> dict:
+                  flip_average: bool | None = None, perturb=(), labels=None, preprocess: dict | None = None) -> dict:
     """Load a trained model (run directory or file) and evaluate it on a labelled set. An exported
     artifact (.tflite, .onnx, OpenVINO .xml inside a bundle) runs through its edge backend instead,
     with the bundle's preprocessing and labels, so a quantized model is scored the same way.
 
     flip_average: None runs the model as its spec says; True/False overrides that, to measure both.
-    perturb: benchmarks.perturb conditions to score the model under as well.
+    perturb: benchmarks.perturb conditions to score the model under as well. labels and
+    preprocess (edge.preprocess_flags fields) describe a model that has no labels.json or
+    preprocess.json beside it; an artifact's bundle already records both.
     """
     from models.datasets import load_dataset
 
     if Path(model_path).suffix.lower() in ARTIFACT_SUFFIXES:
+        if labels is not None or preprocess:
+            raise ValueError(f"{model_path}: an exported artifact takes its labels and preprocessing from its "
+                             f"bundle's manifest; --labels and the preprocessing flags are for Keras models")
         model, spec, labels, name = _load_artifact(Path(model_path))
     else:
-        model, spec, labels, name = _load_keras(model_path)
+        model, spec, labels, name = _load_keras(model_path, labels, preprocess)
     if flip_average is not None:
         spec = spec.replace(flip_average=flip_average)
     dataset = load_dataset(data, split=split, skip_bad=skip_bad, color=spec.channels == 3)
@@ -122,22 +127,28 @@ def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = 
 ARTIFACT_SUFFIXES = (".tflite", ".onnx", ".xml")
 
 
-def _load_keras(model_path):
+def _load_keras(model_path, labels=None, preprocess: dict | None = None):
     """(model, spec, labels, file) for a run directory or a Keras model file."""
-    from models.run_dir import locate_model
+    from edge import preprocess_flags
+    from models.run_dir import locate_model, resolve_labels
     from models.tf_env import keras
 
     files = locate_model(model_path)
+    if files.spec is None:  # refuse before loading TensorFlow and the model
+        preprocess_flags.check_given(preprocess or {}, str(files.model))
     try:
         model = keras.models.load_model(files.model, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged file
         raise ValueError(f"{files.model}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    labels = files.labels
+    labels = resolve_labels(labels, files)
     if labels is None:
-        raise ValueError(f"{files.model}: no labels.json beside the model; the class order is unknown")
+        raise ValueError(f"{files.model}: no labels.json beside the model, so the class order is unknown; pass "
+                         f"--labels labels.json or --labels a,b,c")
     if len(labels) != model.output_shape[-1]:
-        raise ValueError(f"{files.model}: the model has {model.output_shape[-1]} outputs but labels.json names {len(labels)} classes")
-    return model, files.spec or _spec_from_model(model), labels, files.model
+        raise ValueError(f"{files.model}: the model has {model.output_shape[-1]} outputs but the labels name "
+                         f"{len(labels)} classes ({', '.join(labels)})")
+    spec, _ = preprocess_flags.resolve(files.spec, preprocess or {}, tuple(model.input_shape[1:]), str(files.model))
+    return model, spec, labels, files.model
 
 
 class _ArtifactModel:
@@ -173,7 +184,3 @@ def _load_artifact(path: Path):
     return _ArtifactModel(open_artifact(path)), bundle.spec, bundle.labels, path
 
 
-def _spec_from_model(model) -> PreprocessSpec:
-    h, w, c = model.input_shape[1:]
-    log.warning("no preprocess.json beside the model: assuming %dx%dx%d input scaled to 0..1", h, w, c)
-    return PreprocessSpec(height=h, width=w, channels=c)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from edge.fileio import write_text_atomic
@@ -100,3 +101,23 @@ def base_run(config: dict) -> dict | None:
     record = run_record(start)
     seconds = record["history"].get("seconds", [])
     return {**record, "hours": sum(seconds) / 3600 if seconds else None, "epochs": len(seconds)}
+
+
+def resolve_labels(labels, model_files) -> tuple[str, ...] | None:
+    """--labels as a labels.json path, a comma list or a sequence; else the run directory's."""
+    if labels is None:
+        return model_files.labels
+    if isinstance(labels, (str, os.PathLike)):
+        text = str(labels)
+        if Path(text).is_file() or text.lower().endswith(".json"):
+            if not Path(text).is_file():
+                raise FileNotFoundError(f"{text}: no such labels file")
+            return load_labels(text)
+        names = tuple(x.strip() for x in text.split(",") if x.strip())
+    else:
+        names = tuple(str(x) for x in labels)
+    if not names:
+        raise ValueError("--labels names no classes")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--labels repeats a class name: {', '.join(names)}")
+    return names

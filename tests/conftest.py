@@ -10,6 +10,12 @@ import pytest
 from edge.labels import FER2013_LABELS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# OpenVINO on the AVX2 code path whatever the CPU, so a test's verdict does not depend on whether
+# this machine has AVX-512, VNNI or AMX: oneDNN reads ONEDNN_MAX_CPU_ISA, OpenVINO's own kernels
+# OV_CPU_MAX_ISA (honoured by builds that have it), both on first use. ONNX Runtime has no such
+# switch: its int8 tests rely on the portable schemes (export/onnx.py), which no CPU saturates.
+for _name in ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA"):
+    os.environ.setdefault(_name, "AVX2")
 
 
 def synthetic_faces(n_per_class: int, seed: int, size: int = 48) -> tuple[np.ndarray, np.ndarray]:

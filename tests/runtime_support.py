@@ -68,9 +68,12 @@ def build_test_bundle(cache_dir: Path) -> Path:
 
 
 def _build_bundle(out: Path) -> None:
+    """allow_drop: the bundle is built whatever its verification says, so that one artifact that
+    misses a rule on some CPU fails the tests about it, not every test that needs a bundle."""
     from export import export_model
 
-    export_model(MODEL_DIR, out, formats=("tflite", "onnx", "openvino"), precisions=("fp32", "int8"))
+    export_model(MODEL_DIR, out, formats=("tflite", "onnx", "openvino"), precisions=("fp32", "int8"),
+                 allow_drop=True, progress=False)
 
 
 _videos: dict[int, tuple[Path, dict]] = {}

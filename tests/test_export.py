@@ -25,6 +25,7 @@ from edge.bundle import Bundle, sha256_file  # noqa: E402
 from edge.labels import FER2013_LABELS  # noqa: E402
 from edge.preprocess import PreprocessSpec, preprocess  # noqa: E402
 from export import export_model  # noqa: E402
+from export.pipeline import ExportIncomplete  # noqa: E402
 from models.datasets import load_dataset  # noqa: E402
 from models.tf_env import keras  # noqa: E402
 from models.train import TrainConfig, train  # noqa: E402
@@ -49,9 +50,11 @@ def trained_run(synthetic_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle(trained_run, synthetic_dataset, tmp_path_factory):
+    """Built whatever verification says (allow_drop), so a rule one artifact misses fails the tests that
+    check it (test_manifest_fields), not every test of the module."""
     out = tmp_path_factory.mktemp("export-bundle") / "bundle"
     return export_model(trained_run, out, calib=synthetic_dataset / "train", calib_count=64, data=synthetic_dataset,
-                        progress=False)
+                        progress=False, allow_drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +101,11 @@ def test_manifest_fields(bundle, trained_run, synthetic_dataset):
     assert m["calibration"] == {"source": str(synthetic_dataset / "train"), "count": 64}
     assert m["verification_data"]["count"] == 56 and "[test]" in m["verification_data"]["source"]
     assert m["verification_data"]["keras_accuracy"] > 0.5
+    assert m["target"]["name"] == "generic" and m["rejected"] == []
+    assert {"machine", "cpu", "isa"} <= set(m["verified_on"]) and isinstance(m["verified_on"]["isa"], list)
+    schemes = {a["id"]: a["settings"].get("scheme") for a in m["artifacts"]}
+    assert schemes["onnx-int8"] == m["target"]["onnx_scheme"] == "u8s8-r7"
+    assert schemes["openvino-int8"] == m["target"]["openvino_scheme"] == "fix-all"
     for a in m["artifacts"]:
         assert a["pruning"] is None
         v = a["verification"]
@@ -162,6 +170,59 @@ def test_every_artifact_runs_through_the_edge_backends(bundle, trained_run, test
     assert bundle.find("onnx", "int8").verification["ran_precision"] == "int8"
 
 
+def _weights_of(artifact_path: Path, fmt: str) -> list[tuple[str, np.ndarray]]:
+    """(consuming op, 8-bit weight array) of every quantized weight in an ONNX or OpenVINO int8 file."""
+    if fmt == "onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(artifact_path)).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        return [("DequantizeLinear", inits[n.input[0]]) for n in graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    import openvino as ov
+
+    out = []
+    for op in ov.Core().read_model(str(artifact_path)).get_ops():
+        if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8:
+            node = op
+            for _ in range(4):  # Constant -> Convert -> Multiply (scale) -> the layer
+                node = next(iter(node.output(0).get_target_inputs())).get_node()
+                if node.get_type_name() in ("Convolution", "GroupConvolution", "MatMul"):
+                    break
+            out.append((node.get_type_name(), op.get_data()))
+    return out
+
+
+def test_int8_weights_are_7_bit_so_no_cpu_saturates(bundle):
+    """The portable schemes: a pair of 8-bit activation x weight products must fit 16 bits, which
+    VPMADDUBSW on x86 without VNNI needs (255 * 64 * 2 < 32767); full int8 weights do not fit."""
+    onnx_weights = _weights_of(bundle.path(bundle.find("onnx", "int8")), "onnx")
+    assert onnx_weights and all(np.abs(w.astype(int)).max() <= 64 for _, w in onnx_weights)
+    import onnx
+
+    graph = onnx.load(str(bundle.path(bundle.find("onnx", "int8")))).graph
+    zero_points = {i.name: i.data_type for i in graph.initializer}
+    activations = {zero_points[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert activations == {onnx.TensorProto.UINT8}
+    ov_weights = _weights_of(bundle.path(bundle.find("openvino", "int8")), "openvino")
+    dense = [w for op, w in ov_weights if op in ("Convolution", "MatMul")]
+    # depthwise (GroupConvolution) kernels widen to 32 bits in oneDNN and keep full range
+    assert dense and all(np.abs(w.astype(int)).max() <= 64 for w in dense)
+
+
+def test_the_saturating_schemes_keep_full_range_weights(trained_run, synthetic_dataset, tmp_path):
+    """What the x86-vnni target builds differs from the portable bundle where it matters: full 8-bit
+    weights, and a one-line warning when this CPU cannot verify them faithfully."""
+    out = export_model(trained_run, tmp_path / "vnni", formats="onnx", precisions="int8", target="x86-vnni",
+                       calib=synthetic_dataset / "train", calib_count=64, data=synthetic_dataset, allow_drop=True,
+                       progress=False)
+    artifact = out.find("onnx", "int8")
+    assert artifact.verification is not None and out.manifest["target"]["name"] == "x86-vnni"
+    weights = _weights_of(out.path(artifact), "onnx")
+    assert max(np.abs(w.astype(int)).max() for _, w in weights) > 64
+
+
 def test_summary_table(bundle):
     text = (bundle.root / "summary.txt").read_text()
     header = next(line for line in text.splitlines() if line.startswith("format"))
@@ -181,8 +242,10 @@ def test_failed_verification_names_the_artifact_and_keeps_the_old_bundle(bundle,
     shutil.copytree(bundle.root, out)
     before = (out / "manifest.json").read_bytes()
     monkeypatch.setattr(export.verify, "MIN_AGREEMENT", 1.01)  # nothing can pass
-    with pytest.raises(ValueError, match=r"tflite-fp32: top-1 agreement 100\.00 % .* below 101\.0 %.*--allow-drop"):
+    with pytest.raises(ExportIncomplete, match=r"every artifact \(tflite-fp32: top-1 agreement 100\.00 % .* below "
+                                               r"101\.0 %\).*unchanged.*--allow-drop") as failed:
         export_model(trained_run, out, formats="tflite", precisions="fp32", data=synthetic_dataset, progress=False)
+    assert "REJECTED" in failed.value.summary and "rejected tflite-fp32" in failed.value.summary
     assert (out / "manifest.json").read_bytes() == before
     kept = export_model(trained_run, out, formats="tflite", precisions="fp32", data=synthetic_dataset,
                         allow_drop=True, progress=False)
@@ -190,6 +253,28 @@ def test_failed_verification_names_the_artifact_and_keeps_the_old_bundle(bundle,
     assert v["passed"] is False and v["allowed"] is True
     assert "FAILED (allowed)" in (out / "summary.txt").read_text()
     assert [a.id for a in kept.artifacts] == ["tflite-fp32"]  # the old bundle was replaced whole
+
+
+def test_a_rejected_artifact_is_left_out_and_the_others_are_written(trained_run, synthetic_dataset, tmp_path,
+                                                                   monkeypatch, capsys):
+    import export.verify
+    from edge.cli import main
+
+    monkeypatch.setattr(export.verify, "MAX_ACCURACY_DROP", -0.5)  # int8 would have to gain 50 points
+    out = tmp_path / "partial"
+    code = main(["export", "--model", str(trained_run), "--out", str(out), "--formats", "tflite", "--precisions",
+                 "fp32,int8", "--data", str(synthetic_dataset), "--calib", str(synthetic_dataset / "train"),
+                 "--calib-count", "32", "-q"])
+    printed = capsys.readouterr()
+    assert code == 3
+    kept = Bundle.load(out)
+    assert [a.id for a in kept.artifacts] == ["tflite-fp32"]
+    assert not (out / "model.int8.tflite").exists()
+    rejected = kept.manifest["rejected"]
+    assert [r["id"] for r in rejected] == ["tflite-int8"] and "points below its Keras source" in rejected[0]["reason"]
+    assert "REJECTED" in printed.out and "rejected tflite-int8 (not in the bundle)" in printed.out
+    assert "1 artifact(s) rejected and left out: tflite-int8 (exit 3)" in printed.err
+    kept.check(kept.artifacts[0])
 
 
 # --- models nobody here wrote --------------------------------------------------------------------
@@ -209,9 +294,11 @@ def test_user_model_64x64_rgb_five_classes(synthetic_dataset, tmp_path):
     path = tmp_path / "user" / "net.h5"  # a bare .h5 without preprocess.json or labels.json
     path.parent.mkdir()
     model.save(path)
+    with pytest.raises(ValueError, match=r"net\.h5: no preprocess\.json.*--normalize and --equalize"):
+        export_model(path, tmp_path / "bundle", labels=",".join(USER_LABELS), progress=False)
     out = export_model(path, tmp_path / "bundle", precisions="fp32,int8", labels=",".join(USER_LABELS),
                        calib=synthetic_dataset / "train", calib_count=48, data=synthetic_dataset, allow_drop=True,
-                       progress=False)
+                       progress=False, preprocess={"normalize": "unit", "equalize": "none"})
     m = out.manifest
     assert m["input"]["height"] == 64 and m["input"]["channels"] == 3 and m["labels"] == list(USER_LABELS)
     assert m["preprocess"]["channels"] == 3 and m["model"]["name"] == "user_net"
@@ -234,20 +321,44 @@ def test_user_savedmodel_loads_with_labels_file(tmp_path):
     folder = tmp_path / "user" / "sm"
     user_model().save(folder, save_format="tf")
     (tmp_path / "labels.json").write_text(json.dumps(list(USER_LABELS)))  # not beside the model
-    source = load_source(folder, labels=str(tmp_path / "labels.json"))
+    flags = {"normalize": "symmetric", "equalize": "clahe"}
+    source = load_source(folder, labels=str(tmp_path / "labels.json"), preprocess=flags)
     assert source.input_shape == (64, 64, 3) and source.labels == USER_LABELS
     assert source.spec.channels == 3 and len(source.sha256) == 64
+    assert source.spec.normalize == "symmetric" and source.spec.equalize == "clahe" and source.spec_from == "flags"
     with pytest.raises(ValueError, match="5 outputs but the labels name 7"):
-        load_source(folder, labels=",".join(FER2013_LABELS))
+        load_source(folder, labels=",".join(FER2013_LABELS), preprocess=flags)
     with pytest.raises(ValueError, match="no labels.json beside the model.*--labels"):
-        load_source(folder)
+        load_source(folder, preprocess=flags)
 
 
 def _save_with_labels(model, folder: Path, name="model.keras", classes=FER2013_LABELS) -> Path:
+    """A run-directory-like folder: the model, labels.json and a default preprocess.json."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / name)
     (folder / "labels.json").write_text(json.dumps(list(classes)))
+    shape = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else ()
+    h, w, c = shape if len(shape) == 3 and shape[2] in (1, 3) else (48, 48, 1)
+    PreprocessSpec(height=h, width=w, channels=c).save(folder / "preprocess.json")
     return folder / name
+
+
+def test_eval_of_a_bare_model_file_needs_labels_and_preprocessing(synthetic_dataset, tmp_path):
+    from models.evaluate import evaluate_path
+
+    path = tmp_path / "bare" / "net.h5"  # nothing beside it
+    path.parent.mkdir()
+    _tiny("softmax").save(path)
+    with pytest.raises(ValueError, match=r"net\.h5: no preprocess\.json.*--normalize and --equalize"):
+        evaluate_path(path, synthetic_dataset, "test")
+    flags = {"normalize": "symmetric", "equalize": "global"}
+    with pytest.raises(ValueError, match=r"net\.h5: no labels\.json.*--labels"):
+        evaluate_path(path, synthetic_dataset, "test", preprocess=flags)
+    report = evaluate_path(path, synthetic_dataset, "test", labels=",".join(FER2013_LABELS), preprocess=flags)
+    assert report["num_samples"] == 56 and report["labels"] == list(FER2013_LABELS)
+    with pytest.raises(ValueError, match="flags say 64x64x1 input but the model takes 48x48x1"):
+        evaluate_path(path, synthetic_dataset, "test", labels=",".join(FER2013_LABELS),
+                      preprocess={**flags, "height": 64, "width": 64})
 
 
 def _tiny(head_activation=None, shape=(48, 48, 1)):
@@ -352,6 +463,7 @@ def test_keras3_file_is_named_as_such(tmp_path):
         archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
         archive.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {"layers": []}}))
     (path.parent / "labels.json").write_text(json.dumps(list(FER2013_LABELS)))
+    PreprocessSpec().save(path.parent / "preprocess.json")
     with pytest.raises(ValueError, match=r"model\.keras: saved by Keras 3\.15\.1; export needs a tf-keras"):
         export_model(path, tmp_path / "b", progress=False)
 

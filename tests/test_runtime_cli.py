@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,3 +245,24 @@ def test_info_reports_runtimes_and_opencv_build():
     assert {"gui", "gstreamer", "v4l2", "ffmpeg", "haar_cascades"} <= set(info["opencv"])
     text = feredge("info")
     assert text.returncode == 0 and "GStreamer" in text.stdout and "runtimes" in text.stdout
+
+
+def test_run_says_in_one_line_when_this_cpu_is_not_the_one_that_verified_the_bundle(bundle, tmp_path):
+    from edge.device import host_record
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    (copy / "recommendation.json").unlink(missing_ok=True)  # the thread count must come from the target
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["verified_on"]["isa"] == host_record()["isa"]  # built here: no note expected
+    same = feredge("run", "--bundle", copy, "--headless", "--max-frames", 1)
+    assert same.returncode == 0 and "verified on" not in same.stderr, same.stderr[-2000:]
+    manifest["verified_on"] = {"machine": "aarch64", "cpu": "Cortex-A76", "isa": ["asimd", "asimddp"]}
+    manifest["target"] = {**manifest["target"], "threads": 64}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    other = feredge("run", "--bundle", copy, "--headless", "--max-frames", 1)
+    assert other.returncode == 0, other.stderr[-2000:]
+    notes = [line for line in other.stderr.splitlines() if "verified on Cortex-A76 (aarch64; asimd, asimddp)" in line]
+    assert len(notes) == 1 and "feredge bench" in notes[0]
+    usable = len(os.sched_getaffinity(0))
+    assert f"threads {usable};" in other.stderr  # the target's 64, capped at this machine's cores
