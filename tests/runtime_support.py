@@ -10,6 +10,7 @@ exporter's sources, so re-running the tests locally does not re-convert; CI (a f
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -57,12 +58,15 @@ def build_test_bundle(cache_dir: Path) -> Path:
         digest.update(source.read_bytes())
     key = digest.hexdigest()[:16]
     out = Path(cache_dir) / f"bundle-{key}"
-    if not (out / "manifest.json").is_file():
-        if out.exists():
-            shutil.rmtree(out)
-        started = time.perf_counter()
-        _build_bundle(out)
-        print(f"[runtime tests] built the test bundle in {time.perf_counter() - started:.1f} s: {out}")
+    # pytest-xdist workers share the cache: the first one builds, the others wait for it
+    with open(Path(cache_dir) / f"bundle-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "manifest.json").is_file():
+            if out.exists():
+                shutil.rmtree(out)
+            started = time.perf_counter()
+            _build_bundle(out)
+            print(f"[runtime tests] built the test bundle in {time.perf_counter() - started:.1f} s: {out}")
     _bundle_path = out
     return out
 
