@@ -53,7 +53,6 @@ def os_name() -> str:
 # /proc/cpuinfo spells them: x86 "flags", ARM "Features" (asimddp = dot product, i8mm = int8 matmul).
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "avx512_bf16",
              "asimd", "asimddp", "i8mm", "sve")
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def isa_flags() -> list[str]:

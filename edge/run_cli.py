@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.device import memory_mb
+from edge.device import host_difference, memory_mb
 from edge.paths import DEFAULT_BUNDLE, SAMPLE_DIR
 
 log = logging.getLogger("feredge.run")
@@ -138,8 +138,6 @@ def run(args) -> int:
         bundle = Bundle.load(bundle_dir)
     except BundleError as exc:
         raise ValueError(str(exc)) from None
-
-    from edge.device import host_difference
 
     note = host_difference(bundle.manifest.get("verified_on"))
     if note:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import SCHEMA_VERSION, Bundle, sha256_file
+from edge.device import host_record
 from edge.paths import SAMPLE_DIR
 from edge.tta import flip_averaged
 from export import onnx as onnx_export
@@ -207,15 +208,13 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
     True/False sets it in the bundle's spec (verification then runs that way too). target: an
     export.targets name (default generic): the formats and precisions when those are not given,
     the int8 schemes and the device's thread default. preprocess: {field: value} for a model
-    without preprocess.json (export.source.PREPROCESS_FLAGS). Raises ValueError /
+    without preprocess.json (edge.preprocess_flags). Raises ValueError /
     FileNotFoundError / PermissionError with one line naming the file on bad input, and
     ExportIncomplete when no artifact passed; the previous bundle at `out_dir` survives any
     failure or interruption. Artifacts that failed while others passed are listed under
     manifest["rejected"] and left out of the bundle.
     """
     started = time.perf_counter()
-    from edge.device import host_record
-
     profile = get_target(target)
     jobs, skipped = plan(formats if formats is not None else profile.formats,
                          precisions if precisions is not None else profile.precisions, skip)
