@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -105,3 +109,37 @@ def test_read_only_input_is_accepted(bundle):
     for fmt in INSTALLED:
         assert _open(bundle, fmt, "fp32").predict(x).shape == (3, len(bundle.labels))
         assert _open(bundle, fmt, "fp32").predict(x[:1]).shape == (1, len(bundle.labels))
+
+
+_KERNELS = """
+import collections, json, sys
+import openvino as ov
+compiled = ov.Core().compile_model(sys.argv[1], "CPU")
+kinds = collections.Counter()
+for op in compiled.get_runtime_model().get_ops():
+    info = op.get_rt_info()
+    if info["layerType"].astype(str) == "Convolution":
+        kinds[info["primitiveType"].astype(str)] += 1
+print(json.dumps(kinds))
+"""
+
+
+@pytest.mark.skipif("openvino" not in INSTALLED or platform.machine() not in ("x86_64", "AMD64"),
+                    reason="OpenVINO's x86 kernels")
+def test_openvino_int8_runs_the_isa_the_tests_cap_it_to(bundle):
+    """conftest caps oneDNN at AVX2 so that a VNNI or AMX machine runs this machine's int8 kernels;
+    the cap is real: a lower one (SSE4.1) moves every convolution to SSE kernels."""
+    xml = str(bundle.path(bundle.find("openvino", "int8")))
+
+    def kernels(cap):
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": cap, "OV_CPU_MAX_ISA": cap}
+        done = subprocess.run([sys.executable, "-c", _KERNELS, xml], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    capped = kernels("AVX2")
+    assert capped and all("I8" in k and not any(w in k for w in ("avx512", "amx", "vnni")) for k in capped), capped
+    lowered = kernels("SSE41")
+    assert lowered and all("sse" in k for k in lowered), lowered
