@@ -168,7 +168,7 @@ def _artifact_reference(probs_by_id: dict, bundle: Bundle):
 
 def _record(artifact: Artifact, bundle: Bundle, threads: int, opts: BenchOptions, device: dict, result: dict) -> dict:
     record = {
-        "device": {k: device[k] for k in ("machine", "cpu", "system", "board", "cores", "hostname")},
+        "device": {k: device.get(k) for k in ("machine", "cpu", "isa", "system", "board", "cores", "hostname")},
         "artifact": artifact.id, "format": artifact.format, "precision": artifact.precision,
         "pruning": artifact.pruning, "threads": threads, "batch": opts.batch, "size_bytes": artifact.bytes,
         "flip_average": bundle.spec.flip_average,

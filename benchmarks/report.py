@@ -86,7 +86,8 @@ def to_csv(records: list[dict]) -> str:
 
 def device_lines(device: dict) -> list[str]:
     packages = ", ".join(f"{k} {v}" for k, v in device.get("packages", {}).items())
-    return [f"- CPU: {device.get('cpu')} ({device.get('machine')}), {device.get('cores')} cores "
+    isa = ", ".join(device.get("isa") or []) or ("not recorded" if "isa" not in device else "none")
+    return [f"- CPU: {device.get('cpu')} ({device.get('machine')}; int8-relevant ISA: {isa}), {device.get('cores')} cores "
             f"({device.get('usable_cores')} usable)",
             f"- board: {device.get('board') or 'not a Raspberry Pi or Jetson'}",
             f"- system: {device.get('os')}, Python {device.get('python')}",
