@@ -21,6 +21,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from models.model_io import add_trust_argument
+
+    add_trust_argument(p)
     from benchmarks.harness import BenchOptions
 
     d = BenchOptions()

@@ -80,10 +80,15 @@ def keras_reference(bundle: Bundle, x: np.ndarray) -> np.ndarray | None:
     if not source.is_file() or (expected and sha256_file(source) != expected):
         return None
     try:
-        from models.tf_env import keras
+        from models.model_io import UnsafeModelError, load_keras_model
+        from models.tf_env import keras  # noqa: F401  (TensorFlow present?)
     except ImportError:
         return None
-    model = keras.models.load_model(source, compile=False)
+    try:
+        model = load_keras_model(source)
+    except UnsafeModelError as exc:
+        log.warning("%s; comparing with the fp32 artifact instead", exc)
+        return None
     predict = model.predict_on_batch
     if bundle.spec.flip_average:
         predict = functools.partial(flip_averaged, model.predict_on_batch)

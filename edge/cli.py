@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from edge.backends.base import BackendError  # numpy only: cheap at start-up
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
+    if getattr(args, "trust_model_code", False):  # read by models.model_io, here and in worker processes
+        os.environ["FEREDGE_TRUST_MODEL_CODE"] = "1"
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

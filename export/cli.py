@@ -12,6 +12,9 @@ EXIT_REJECTED = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from models.model_io import add_trust_argument
+
+    add_trust_argument(p)
     p.add_argument("--model", help="run directory, .keras/.h5 file or SavedModel directory (default: the shipped model)")
     p.add_argument("--out", help="bundle directory to write (default: the shipped model's bundle, which 'feredge run' "
                                  "and 'feredge bench' use, for the shipped model; bundles/<model folder or file "

@@ -94,8 +94,11 @@ def load_source(model_path, *, labels=None, add_softmax: bool = False, preproces
 
 
 def _load_keras(path: Path, keras):
+    from models.model_io import check_safe, trusted
+
+    check_safe(path)  # before loading: an .h5 Lambda runs while the model is built
     try:
-        model = keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False, safe_mode=not trusted())
     except Exception as exc:  # Keras raises many types for damaged or foreign files
         version = _keras3_version(path)
         if version:
@@ -111,26 +114,6 @@ def _load_keras(path: Path, keras):
     if not isinstance(model, keras.Model):
         raise ValueError(f"{path}: a SavedModel but not a Keras model (export needs a tf-keras model)")
     return model
-
-
-def _saved_config(path: Path) -> dict | None:
-    """The architecture stored in a .keras or .h5 file, read without building the model."""
-    import json
-    import zipfile
-
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                return json.loads(archive.read("config.json"))
-        if path.suffix.lower() in (".h5", ".hdf5"):
-            import h5py
-
-            with h5py.File(path, "r") as fh:
-                text = fh.attrs.get("model_config")
-                return json.loads(text.decode() if isinstance(text, bytes) else text) if text else None
-    except Exception:  # a damaged file: the caller reports the load error itself
-        return None
-    return None
 
 
 def _keras3_version(path: Path) -> str | None:
@@ -164,7 +147,9 @@ def _unsupported_in_config(path: Path, keras) -> list[tuple[str, str]]:
             if kind not in SUPPORTED_LAYERS:
                 found.append((config["name"], kind))
 
-    config = _saved_config(Path(path))
+    from models.model_io import saved_config
+
+    config = saved_config(Path(path))
     if config:
         walk(config)
     return found

@@ -5,6 +5,9 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from models.model_io import add_trust_argument
+
+    add_trust_argument(p)
     p.add_argument("--model", help="run directory, model file, or an exported artifact inside a bundle "
                                     "(.tflite, .onnx, openvino/*.xml) run by its edge backend (default: the shipped model)")
     p.add_argument("--data", help="labelled faces: class folders, a folder with train/ and test/, or the "

@@ -10,6 +10,9 @@ _DEFAULTS = TrainConfig(data="")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from models.model_io import add_trust_argument
+
+    add_trust_argument(p)
     d = _DEFAULTS
     p.add_argument("--data", help="FER-2013 CSV, a folder with train/ and test/, or class folders "
                                    "(default: the shipped sample, for a quick try)")

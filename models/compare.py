@@ -37,11 +37,11 @@ def describe_run(run: str | Path, data, split: str | None) -> dict:
     from models.datasets import load_dataset
     from models.evaluate import evaluate_model
     from models.run_dir import base_run, locate_model, run_record
-    from models.tf_env import keras
+    from models.model_io import load_keras_model
 
     run = Path(run)
     files = locate_model(run)
-    model = keras.models.load_model(files.model, compile=False)
+    model = load_keras_model(files.model)
     record = run_record(run)
     config, history = record["config"], record["history"]
     base = base_run(config)  # a fine-tuned run also cost its starting run's training
@@ -149,6 +149,9 @@ def _num(value, fmt: str) -> str:
 
 
 def add_arguments(p) -> None:
+    from models.model_io import add_trust_argument
+
+    add_trust_argument(p)
     p.add_argument("runs", nargs="+", help="run directories written by feredge train")
     p.add_argument("--data", required=True, help="labelled test data (a folder with test/, class folders or the CSV)")
     p.add_argument("--split", help="split of --data (default: test when the data has one)")

@@ -39,14 +39,14 @@ def soften(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 def load_teacher(teacher: str | Path, classes):
     """A teacher's Keras model, preprocessing spec and the column order that puts its classes in `classes` order."""
     from models.run_dir import locate_model
-    from models.tf_env import keras
+    from models.model_io import load_keras_model
 
     files = locate_model(teacher)
     if files.spec is None or files.labels is None:
         raise ValueError(f"{teacher}: a teacher needs its preprocess.json and labels.json beside the model")
     if set(files.labels) != set(classes):
         raise ValueError(f"{teacher}: teacher classes {list(files.labels)} differ from the data's {list(classes)}")
-    model = keras.models.load_model(files.model, compile=False)
+    model = load_keras_model(files.model)
     return model, files.spec, [files.labels.index(name) for name in classes]
 
 
@@ -88,8 +88,8 @@ def describe_teacher(teacher: str | Path) -> dict:
     accuracy = json.loads(metrics[0].read_text()).get("accuracy") if metrics else None
     arch = record["config"].get("arch")
     if arch is None:  # a shipped folder from before it kept config.json: the network's own name
-        from models.tf_env import keras
-        arch = keras.models.load_model(files.model, compile=False).name
+        from models.model_io import load_keras_model
+        arch = load_keras_model(files.model).name
     return {"path": str(teacher), "model_sha256": sha256_file(files.model), "arch": arch, "test_accuracy": accuracy,
             "training_hours": sum(seconds) / 3600 if seconds else None, "epochs": len(seconds) or None}
 

@@ -130,14 +130,16 @@ ARTIFACT_SUFFIXES = (".tflite", ".onnx", ".xml")
 def _load_keras(model_path, labels=None, preprocess: dict | None = None):
     """(model, spec, labels, file) for a run directory or a Keras model file."""
     from edge import preprocess_flags
+    from models.model_io import UnsafeModelError, load_keras_model
     from models.run_dir import locate_model, resolve_labels
-    from models.tf_env import keras
 
     files = locate_model(model_path)
     if files.spec is None:  # refuse before loading TensorFlow and the model
         preprocess_flags.check_given(preprocess or {}, str(files.model))
     try:
-        model = keras.models.load_model(files.model, compile=False)
+        model = load_keras_model(files.model)
+    except UnsafeModelError:
+        raise
     except Exception as exc:  # Keras raises many types for a damaged file
         raise ValueError(f"{files.model}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     labels = resolve_labels(labels, files)

@@ -315,7 +315,7 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
     from models.compare import load_rows
     from models.evaluate import evaluate_path
     from models.run_dir import run_record
-    from models.tf_env import keras
+    from models.model_io import load_keras_model
 
     run = Path(run)
     report = evaluate_path(run, data, "test", out_dir=run / "test-eval")
@@ -325,7 +325,7 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
         report["best_epoch"] = state.get("best_epoch")
         if state.get("swa_averaged"):
             report["averaged_epochs"] = state["swa_averaged"]
-    model = keras.models.load_model(run / "model.keras", compile=False)
+    model = load_keras_model(run / "model.keras")
     soup = json.loads((run / "soup.json").read_text()) if (run / "soup.json").is_file() else None
     comparison = load_rows(comparison_file) if comparison_file else None
     teachers = _teachers(run, config)  # before `out` is overwritten: the teacher may be the model shipped there

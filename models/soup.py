@@ -45,7 +45,7 @@ def mean_weights(weight_lists: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 
 def _load_members(runs: list[str]):
-    from models.tf_env import keras
+    from models.model_io import load_keras_model
 
     if len(runs) < 2:
         raise ValueError("averaging needs at least two runs")
@@ -55,7 +55,7 @@ def _load_members(runs: list[str]):
             raise ValueError(f"{run}: needs its preprocess.json and labels.json beside the model")
         if f.spec != files[0].spec or f.labels != files[0].labels:
             raise ValueError(f"{run}: its preprocessing or labels differ from {runs[0]}'s")
-    models = [keras.models.load_model(f.model, compile=False) for f in files]
+    models = [load_keras_model(f.model) for f in files]
     return files, models
 
 
@@ -113,6 +113,9 @@ def average_runs(runs: list[str], out: str | Path, *, data: str | None = None, o
 
 
 def add_arguments(p) -> None:
+    from models.model_io import add_trust_argument
+
+    add_trust_argument(p)
     p.add_argument("runs", nargs="+", help="run folders or git:REV of one network, fine-tuned from the same weights")
     p.add_argument("--out", required=True, help="folder for the averaged model, its spec and labels")
     p.add_argument("--data", help="labelled faces to measure batch norm on (default: the first run's training data)")

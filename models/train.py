@@ -152,9 +152,9 @@ def _exclude_from_weight_decay(opt, built: bool = False) -> None:
 
 def load_checkpoint_model(path: Path):
     """A checkpointed model with its optimizer state, decaying the same variables as before."""
-    from models.tf_env import keras
+    from models.model_io import load_keras_model
 
-    model = keras.models.load_model(path, compile=True)
+    model = load_keras_model(path, compile=True)
     _exclude_from_weight_decay(model.optimizer, built=True)
     return model
 
@@ -432,14 +432,14 @@ def time_left(epoch_seconds: list[float], epochs_left: int) -> str:
 
 def _load_initial_weights(model, source: str) -> None:
     """Start from a trained model's weights (fine-tuning); the architecture must match exactly."""
-    from models.tf_env import keras
+    from models.model_io import load_keras_model
 
     path = git_models.resolve(source)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{source}: no trained model to start from (--init-from)")
-    trained = keras.models.load_model(path, compile=False)
+    trained = load_keras_model(path)
     mine, theirs = [w.shape for w in model.get_weights()], [w.shape for w in trained.get_weights()]
     if mine != theirs:
         raise ValueError(f"{path}: its weights ({trained.count_params():,} parameters, {len(theirs)} arrays) do "
@@ -499,9 +499,9 @@ def _track_progress(cfg: TrainConfig, state: TrainState, metrics: dict, epoch: i
 def finish_run(run: Path, val_set: LabelledImages, spec: PreprocessSpec, classes, state: TrainState) -> dict:
     """Evaluate the best model on the validation set and write curves, metrics and plots."""
     from models.evaluate import evaluate_model, write_evaluation
-    from models.tf_env import keras
+    from models.model_io import load_keras_model
 
-    model = keras.models.load_model(run / MODEL_FILE, compile=False)
+    model = load_keras_model(run / MODEL_FILE)
     report = evaluate_model(model, val_set, spec, classes)
     report["best_epoch"] = state.best_epoch
     report["epochs_trained"] = state.epochs_done

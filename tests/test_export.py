@@ -315,13 +315,17 @@ def test_user_model_64x64_rgb_five_classes(synthetic_dataset, tmp_path):
             assert backend.input_shape == (64, 64, 3) and backend.num_classes == 5
 
 
-def test_user_savedmodel_loads_with_labels_file(tmp_path):
+def test_user_savedmodel_loads_with_labels_file(tmp_path, monkeypatch):
     from export.source import load_source
 
     folder = tmp_path / "user" / "sm"
     user_model().save(folder, save_format="tf")
     (tmp_path / "labels.json").write_text(json.dumps(list(USER_LABELS)))  # not beside the model
     flags = {"normalize": "symmetric", "equalize": "clahe"}
+    monkeypatch.delenv("FEREDGE_TRUST_MODEL_CODE", raising=False)
+    with pytest.raises(ValueError, match="a SavedModel: a TensorFlow graph.*--trust-model-code"):
+        load_source(folder, labels=str(tmp_path / "labels.json"), preprocess=flags)
+    monkeypatch.setenv("FEREDGE_TRUST_MODEL_CODE", "1")  # a graph may hold any operation: the user says so
     source = load_source(folder, labels=str(tmp_path / "labels.json"), preprocess=flags)
     assert source.input_shape == (64, 64, 3) and source.labels == USER_LABELS
     assert source.spec.channels == 3 and len(source.sha256) == 64
