@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from benchmarks.report import format_table, write_reports
     from edge.paths import DEFAULT_BUNDLE
 
+    _check_args(args)
     bundle = Path(args.bundle) if args.bundle else DEFAULT_BUNDLE
     opts = BenchOptions(threads=args.threads, batch=args.batch, warmup_s=args.warmup, min_s=args.min_time,
                         min_runs=args.min_runs, max_drop=args.max_drop,
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         from benchmarks.overhead import measure_overhead
         result["overhead"] = measure_overhead(bundle, opts)
     print(format_table(result["records"]))
+    failed = [r for r in result["records"] if r["status"] != "ok"]
     rec = result["recommendation"]
     if rec:
         print(f"\nrecommended on this device: {rec['artifact']} with {rec['threads']} thread(s) "
@@ -106,7 +108,26 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + "\n".join(result["overhead"]["lines"]))
     written = write_reports(result, args.out)
     print(f"\nreports: {', '.join(str(p) for p in written.values())}")
+    if failed and len(failed) == len(result["records"]):
+        print(f"feredge bench: every artifact failed ({failed[0]['artifact']}: {failed[0]['status']})",
+              file=sys.stderr)
+        return 3
     return 0
+
+
+def _check_args(args) -> None:
+    """Nonsense settings are refused before anything runs (a batch of 0 would store 0 FPS)."""
+    for name in ("batch", "min_runs", "e2e_frames"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    for name in ("max_drop", "warmup", "min_time"):
+        value = getattr(args, name)
+        if not value >= 0:  # NaN too
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, not {value}")
+    video = args.video
+    if video and not (video.isdigit() or video.startswith(("gst:", "picamera", "/dev/video"))) \
+            and not Path(video).exists():  # before minutes of measuring, not after
+        raise FileNotFoundError(f"{video}: no such video file")
 
 
 def _compare(files: list[str], out: str) -> int:

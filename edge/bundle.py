@@ -2,20 +2,26 @@
 
 `export/` writes bundles; the runtime and the benchmarks read them through this module only.
 The manifest (schema 1) carries the labels, the input and preprocessing spec, and one entry
-per artifact with its files, sizes, sha256 and verification against the source model.
+per artifact with its files, sizes, sha256 and verification against the source model. A bundle
+may come from anywhere, so `Bundle.load` checks the manifest's shape before anything uses it:
+`check_manifest` is the schema, in code. Artifact files must lie inside the bundle folder and
+have a sha256 each; an artifact whose output count differs from the labels is refused on open.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 
 from edge.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+FORMATS = ("tflite", "onnx", "openvino")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleError(ValueError):
@@ -59,15 +65,17 @@ class Bundle:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise BundleError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if manifest.get("schema") != SCHEMA_VERSION:
-            raise BundleError(f"{path}: schema {manifest.get('schema')!r} is not the supported {SCHEMA_VERSION}")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path}: cannot read the manifest ({exc})") from None
+        problem = check_manifest(manifest, root)
+        if problem:
+            raise BundleError(f"{path}: {problem}")
         try:
-            labels = tuple(manifest["labels"])
             spec = PreprocessSpec.from_dict(manifest["preprocess"])
-            artifacts = [Artifact.from_dict(a) for a in manifest["artifacts"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{path}: malformed manifest ({exc})") from None
-        return cls(root, manifest, labels, spec, artifacts)
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{path}: malformed preprocess ({exc})") from None
+        artifacts = [Artifact.from_dict(a) for a in manifest["artifacts"]]
+        return cls(root, manifest, tuple(manifest["labels"]), spec, artifacts)
 
     def find(self, format: str | None = None, precision: str | None = None, id: str | None = None) -> Artifact:
         """The artifact matching the request; unpruned ones first when several match."""
@@ -90,7 +98,7 @@ class Bundle:
             if not path.is_file():
                 raise BundleError(f"{path}: listed in the manifest but missing")
             expected = artifact.sha256.get(name)
-            if expected and sha256_file(path) != expected:
+            if sha256_file(path) != expected:
                 raise BundleError(f"{path}: sha256 differs from the manifest (truncated or altered)")
 
     def open(self, artifact: Artifact | None = None, *, format: str | None = None, precision: str | None = None,
@@ -102,8 +110,63 @@ class Bundle:
         artifact = artifact or self.find(format, precision)
         if verify:
             self.check(artifact)
-        return with_flip_average(open_artifact(self.path(artifact), threads=threads, **options),
-                                 self.spec.flip_average)
+        backend = open_artifact(self.path(artifact), threads=threads, **options)
+        if backend.num_classes != len(self.labels):
+            backend.close()
+            raise BundleError(f"{self.path(artifact)}: the model has {backend.num_classes} outputs but the manifest "
+                              f"names {len(self.labels)} labels")
+        return with_flip_average(backend, self.spec.flip_average)
+
+
+def _relative_inside(name, root: Path) -> bool:
+    if not isinstance(name, str) or not name or "\\" in name:
+        return False
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts:
+        return False
+    return (root / name).resolve().is_relative_to(root.resolve())
+
+
+def check_manifest(manifest, root: Path) -> str | None:
+    """What is wrong with a manifest's shape, in a few words (None: nothing). The schema, in code."""
+    if not isinstance(manifest, dict):
+        return f"not a bundle manifest (a JSON {type(manifest).__name__}, expected an object)"
+    if manifest.get("schema") != SCHEMA_VERSION:
+        return f"schema {manifest.get('schema')!r} is not the supported {SCHEMA_VERSION}"
+    labels = manifest.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels):
+        return "labels must be a list of at least two class names"
+    if len(set(labels)) != len(labels):
+        return f"labels repeat a class name ({', '.join(labels)})"
+    if not isinstance(manifest.get("preprocess"), dict):
+        return "preprocess must be an object (the preprocessing spec)"
+    artifacts = manifest.get("artifacts")
+    if not isinstance(artifacts, list) or not artifacts:
+        return "artifacts must be a non-empty list"
+    seen = set()
+    for i, a in enumerate(artifacts):
+        where = f"artifact {i + 1}"
+        if not isinstance(a, dict):
+            return f"{where} is not an object"
+        if not isinstance(a.get("id"), str) or not a["id"] or a["id"] in seen:
+            return f"{where}: missing or repeated id"
+        seen.add(a["id"])
+        where = f"artifact {a['id']}"
+        if a.get("format") not in FORMATS or a.get("precision") not in PRECISIONS:
+            return f"{where}: format must be one of {', '.join(FORMATS)} and precision one of {', '.join(PRECISIONS)}"
+        files = a.get("files")
+        if not isinstance(files, list) or not files:
+            return f"{where}: files must be a non-empty list"
+        for name in files:
+            if not _relative_inside(name, root):
+                return f"{where}: file {name!r} lies outside the bundle folder"
+        hashes = a.get("sha256")
+        if not isinstance(hashes, dict) or any(not isinstance(hashes.get(n), str) or not SHA256.fullmatch(hashes[n])
+                                               for n in files):
+            return f"{where}: every file needs its sha256 (64 hex digits)"
+        if not isinstance(a.get("bytes"), int) or a["bytes"] < 0:
+            return f"{where}: bytes must be a non-negative integer"
+    return None
 
 
 def sha256_file(path: str | Path) -> str:

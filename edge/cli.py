@@ -27,7 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("edge.info_cli", "this device: CPU, OS, inference runtimes, OpenCV build (GUI, GStreamer, V4L2), cameras"),
 }
 
-# Bad input and bad usage exit with 2 and one line; anything else is a bug and exits with 1.
+# Bad input and bad usage exit with 2 and one line, and so does an OSError (full disk, read-only file
+# system, a camera unplugged); anything else is a bug and exits with 1.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
                PermissionError, BackendError)
 
@@ -59,11 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["FEREDGE_TRUST_MODEL_CODE"] = "1"
     try:
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # 130 = 128 + SIGINT, as a shell and 'feredge run' report it
         print(f"feredge {name}: interrupted; nothing half-written was kept", file=sys.stderr)
-        return 2
+        return 130
     except USER_ERRORS as exc:
         print(f"feredge {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only file system, a device gone: one line, naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"feredge {name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -10,6 +10,7 @@ import http.server
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -31,8 +32,19 @@ class Sink:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the run already failed: report that, not a second failure while closing
+            self.close()
+        except Exception as second:
+            log.warning("%s: also failed while closing (%s)", type(self).__name__, second)
+
+
+def _write_error(target, exc: OSError, what: str) -> OSError:
+    """One line naming the file: a full disk, a read-only file system, a file that takes no writes."""
+    return OSError(exc.errno, f"cannot write {what} ({exc.strerror or exc})", str(target))
 
 
 class JsonLinesSink(Sink):
@@ -40,23 +52,33 @@ class JsonLinesSink(Sink):
 
     def __init__(self, target: str | Path = "-", labels=None):
         self.target = str(target)
-        if self.target == "-":
-            self._fh, self._own = sys.stdout, False
-        else:
+        self._fh, self._own = (sys.stdout, False) if self.target == "-" else (None, True)
+        if self._own:  # checked now, opened at the first result: a run that fails to start truncates nothing
             path = Path(self.target)
             if path.parent and not path.parent.is_dir():
                 raise FileNotFoundError(f"{path.parent}: no such folder for the JSON lines output")
-            self._fh, self._own = open(path, "w", encoding="utf-8"), True
+            if path.is_dir():
+                raise IsADirectoryError(f"{path}: is a folder, not a file for the JSON lines output")
+            if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
+                raise PermissionError(f"{path}: not writable for the JSON lines output")
         self.lines = 0
 
     def write(self, result) -> None:
-        self._fh.write(json.dumps(result.to_dict(), separators=(",", ":")) + "\n")
-        self._fh.flush()
+        try:
+            if self._fh is None:
+                self._fh = open(self.target, "w", encoding="utf-8")
+            self._fh.write(json.dumps(result.to_dict(), separators=(",", ":")) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            raise _write_error(self.target, exc, "the JSON lines output") from None
         self.lines += 1
 
     def close(self) -> None:
-        if self._own and not self._fh.closed:
-            self._fh.close()
+        if self._own and self._fh is not None and not self._fh.closed:
+            try:
+                self._fh.close()
+            except OSError as exc:
+                raise _write_error(self.target, exc, "the JSON lines output") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,15 +163,34 @@ class Recorder(Sink):
             return
         self._writer.release()
         self._writer = None
-        if self.frames:
-            os.replace(self.tmp, self.path)
-            log.info("recorded %d frames to %s", self.frames, self.path)
-        else:
+        if not self.frames:
             self.tmp.unlink(missing_ok=True)
+            return
+        # VideoWriter reports no write errors: a full disk leaves a file without its index (moov atom),
+        # so the recording counts as saved only if it plays back
+        readable = _frames_in(self.tmp)
+        if readable < 1:
+            self.tmp.unlink(missing_ok=True)
+            raise OSError(28, f"the recording of {self.frames} frames could not be written completely (disk full "
+                              f"or read-only?); nothing was kept", str(self.path))
+        os.replace(self.tmp, self.path)
+        log.info("recorded %d frames to %s", self.frames, self.path)
+
+
+def _frames_in(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return 0
+        ok, _ = cap.read()
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
+    finally:
+        cap.release()
 
 
 # ---------------------------------------------------------------------------------------------
 
+IDLE_TIMEOUT_S = 20.0
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{background:#111;color:#ddd;font-family:sans-serif;margin:1em}}img{{max-width:100%;height:auto}}</style>
@@ -179,6 +220,13 @@ class MjpegServer(Sink):
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = IDLE_TIMEOUT_S  # an idle or stalled connection gives its thread back
+
+            def handle(self):
+                try:
+                    super().handle()
+                except (ConnectionError, TimeoutError):  # the viewer left mid-reply: nothing to report
+                    pass
 
             def log_message(self, fmt, *args):  # quiet: one line per request would flood a Pi's log
                 log.debug("mjpeg %s " + fmt, self.client_address[0], *args)
@@ -205,8 +253,15 @@ class MjpegServer(Sink):
                 self.end_headers()
                 self.wfile.write(body)
 
+        class Server(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in str(host) else socket.AF_INET
+            request_queue_size = 64  # the default 5 drops viewers that arrive together
+
+            def handle_error(self, request, client_address):
+                log.debug("mjpeg: connection from %s ended with an error", client_address[0], exc_info=True)
+
         try:
-            self._httpd = http.server.ThreadingHTTPServer((host, int(port)), Handler)
+            self._httpd = Server((host, int(port)), Handler)
         except OSError as exc:
             raise ValueError(f"cannot serve on {host}:{port} ({exc.strerror or exc})") from None
         self._httpd.daemon_threads = True

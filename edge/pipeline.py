@@ -114,6 +114,7 @@ class Pipeline:
     def __init__(self, backend, spec: PreprocessSpec, labels: Sequence[str], detector: Detector | None = None,
                  smoother=None, margin: float | None = None):
         self.backend, self.spec, self.labels = backend, spec, tuple(labels)
+        self.last_summary: RunSummary | None = None
         self.detector = detector or WholeFrameDetector()
         self.tracker = smoother if isinstance(smoother, FaceTracker) else FaceTracker(smoother or NoSmoother())
         self.margin = spec.margin if margin is None else float(margin)
@@ -166,7 +167,7 @@ class Pipeline:
         from edge.render import annotate
 
         need_image = any(getattr(s, "needs_image", False) for s in sinks)
-        summary = RunSummary()
+        summary = self.last_summary = RunSummary()  # read after an interrupt: what ran until then
         started = last = time.perf_counter()
         fps = None
         try:

@@ -58,6 +58,8 @@ def add_arguments(p) -> None:
     p.add_argument("--record", default=None, metavar="FILE.mp4", help="record the annotated frames")
     p.add_argument("--loop", action="store_true", help="restart a video, image or folder at its end")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--duration", default=None, metavar="TIME",
+                   help="stop after this long, e.g. 90s, 30m, 2h (a soak test: --loop --stats --duration 30m)")
     p.add_argument("--width", type=int, default=None, help="camera frame width")
     p.add_argument("--height", type=int, default=None, help="camera frame height")
     p.add_argument("--fps", type=float, default=None, help="camera frame rate")
@@ -65,7 +67,11 @@ def add_arguments(p) -> None:
     p.add_argument("--backoff", type=float, default=0.5,
                    help="first reconnection delay in seconds, doubled per attempt (default 0.5)")
     p.add_argument("--stats", action="store_true",
-                   help="print time to first result, FPS, mean stage times and peak memory to stderr at the end")
+                   help="print time to first result, FPS, mean stage times, memory (peak, and resident at start "
+                        "and end), open files and threads to stderr at the end, also after Ctrl-C or SIGTERM")
+
+
+MAX_MARGIN = 2.0  # a box grown by twice its size on each side is no longer a face crop
 
 
 class _Terminated(Exception):
@@ -101,6 +107,34 @@ def _parse_scale(text: str):
     return value
 
 
+def parse_duration(text: str | None) -> float | None:
+    """'90s', '30m', '2h' or plain seconds -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    raw = str(text).strip().lower()
+    try:
+        value = float(raw[:-1]) * units[raw[-1]] if raw and raw[-1] in units else float(raw)
+    except ValueError:
+        raise ValueError(f"--duration takes a time such as 90s, 30m or 2h, not {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"--duration must be a positive time, not {text!r}")
+    return value
+
+
+def _process_facts() -> dict:
+    """Resident memory, open file descriptors and threads of this process now (what a soak watches)."""
+    facts = {"rss_mb": memory_mb("VmRSS")}
+    try:
+        import os
+
+        facts["fds"] = len(os.listdir("/proc/self/fd"))
+        facts["threads"] = len(os.listdir("/proc/self/task"))
+    except OSError:
+        pass
+    return facts
+
+
 def _check_args(args) -> None:
     for name in ("threads", "max_frames", "width", "height"):
         value = getattr(args, name)
@@ -108,10 +142,15 @@ def _check_args(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
     if args.detect_every < 1:
         raise ValueError(f"--detect-every must be at least 1, not {args.detect_every}")
-    if args.margin is not None and args.margin < 0:
-        raise ValueError(f"--margin must be >= 0, not {args.margin}")
-    if args.retries < 0 or args.backoff < 0:
-        raise ValueError("--retries and --backoff must be >= 0")
+    args.duration_s = parse_duration(args.duration)
+    if args.min_face < 1:
+        raise ValueError(f"--min-face must be at least 1 pixel, not {args.min_face}")
+    if args.margin is not None and not 0 <= args.margin <= MAX_MARGIN:  # also refuses NaN
+        raise ValueError(f"--margin must be between 0 and {MAX_MARGIN} (a fraction of the face box), not {args.margin}")
+    if args.fps is not None and not 0 < args.fps <= 1000:
+        raise ValueError(f"--fps must be above 0 and at most 1000, not {args.fps}")
+    if not (args.retries >= 0 and 0 <= args.backoff <= 3600):
+        raise ValueError("--retries must be >= 0 and --backoff between 0 and 3600 s")
 
 
 def run(args) -> int:
@@ -174,8 +213,11 @@ def run(args) -> int:
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     code = 0
-    summary = None
+    summary = pipeline = None
     first_age: list[float | None] = []
+    timed_out: list[bool] = []
+    at_start = _process_facts()
+    started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         try:
             source = stack.enter_context(open_source(
@@ -201,16 +243,22 @@ def run(args) -> int:
             def note_first(result):
                 if not first_age:
                     first_age.append(process_age_s())
+                if args.duration_s is not None and time.perf_counter() - started >= args.duration_s:
+                    timed_out.append(True)
+                    return False  # --duration reached: end like a sink that asks to stop
 
             summary = pipeline.run(source, sinks, max_frames=args.max_frames, on_result=note_first)
+            if timed_out:
+                summary.ended = f"--duration {args.duration}"
         except SourceLost as exc:
             raise ValueError(str(exc)) from None
-        except KeyboardInterrupt:
-            code = 130
-            log.warning("interrupted: source closed%s", ", recording kept" if args.record else "")
-        except _Terminated:
-            code = 143
-            log.warning("terminated: source closed%s", ", recording kept" if args.record else "")
+        except (KeyboardInterrupt, _Terminated) as stop:
+            code = 130 if isinstance(stop, KeyboardInterrupt) else 143
+            log.warning("%s: source closed%s", "interrupted" if code == 130 else "terminated",
+                        ", recording kept" if args.record else "")
+            if pipeline is not None and pipeline.last_summary is not None:  # what ran until then still counts
+                summary = pipeline.last_summary
+                summary.ended = "interrupted" if code == 130 else "terminated"
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -218,7 +266,8 @@ def run(args) -> int:
         log.info("%d frames, %d faces in %.1f s (%.1f FPS); %s", summary.frames, summary.faces, summary.seconds,
                  summary.fps, summary.ended)
     if args.stats:
-        _print_stats(summary, load_s, backend, choice, first_age[0] if summary and first_age else None)
+        _print_stats(summary, load_s, backend, choice, first_age[0] if summary and first_age else None,
+                     at_start, _process_facts())
     return code
 
 
@@ -228,7 +277,8 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _print_stats(summary, load_s: float, backend, choice, first_age: float | None) -> None:
+def _print_stats(summary, load_s: float, backend, choice, first_age: float | None, at_start: dict,
+                 at_end: dict) -> None:
     lines = [f"stats: backend {choice.artifact.id} ({backend.precision}, {backend.runtime}), "
              f"threads {choice.threads or 'default'}, model load {1000 * load_s:.0f} ms"]
     if summary is not None and summary.first_result_s is not None:
@@ -242,6 +292,12 @@ def _print_stats(summary, load_s: float, backend, choice, first_age: float | Non
         stages = ", ".join(f"{k} {v:.2f}" for k, v in summary.stage_ms_mean.items())
         lines.append(f"stats: {summary.frames} frames in {summary.seconds:.2f} s = {summary.fps:.1f} FPS; "
                      f"mean ms per frame: {stages}")
-    lines.append(f"stats: peak memory (peak RSS) {memory_mb():.0f} MB")
+    if summary is not None:
+        lines.append(f"stats: ended by {summary.ended or 'an error'}")
+    lines.append(f"stats: peak memory (peak RSS) {memory_mb():.0f} MB; resident at start {at_start['rss_mb']:.1f} MB, "
+                 f"at end {at_end['rss_mb']:.1f} MB")
+    if "fds" in at_start and "fds" in at_end:
+        lines.append(f"stats: open files {at_start['fds']} at start, {at_end['fds']} at end; threads "
+                     f"{at_start['threads']} at start, {at_end['threads']} at end")
     for line in lines:
         print(line, file=sys.stderr)

@@ -244,7 +244,7 @@ def _load_folders(folder: Path, class_dirs, loose, skips: _Skips, keep_native: b
                 skips.bad(f"unknown class folder {name!r}", folder / name,
                           f"unknown class folder {name!r} (expected one of "
                           f"{', '.join(FER2013_LABELS)} or an alias such as anger, sadness; "
-                          f"use keep_native_classes to keep a dataset's own classes)", len(files))
+                          f"or rename the folder to one of them)", len(files))
             continue
         if not files:
             skips.bad("empty class folder", folder / name, "empty class folder")

@@ -307,10 +307,19 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = No
     """Start a new run in `cfg.out`; returns the final evaluation on the validation set."""
     run = Path(cfg.out)
     if run.exists() and any(run.iterdir()):
+        if not (run / CONFIG_FILE).is_file():  # never delete what this kit did not write
+            raise FileExistsError(f"{run}: exists, is not empty and is not a training run ({CONFIG_FILE}); "
+                                  f"choose another --out")
         if not overwrite:
             raise FileExistsError(f"{run}: already holds a run; use --resume to continue it or --overwrite")
         shutil.rmtree(run)
-    return _run(cfg, None, verbose)
+    created = not run.exists()
+    try:
+        return _run(cfg, None, verbose)
+    except BaseException:
+        if created and run.is_dir() and not any(run.iterdir()):  # a run that failed before writing anything
+            run.rmdir()
+        raise
 
 
 def resume(run: str | Path, *, epochs: int | None = None, verbose: int | None = None) -> dict:

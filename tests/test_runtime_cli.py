@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -202,7 +203,7 @@ def test_interrupt_ends_cleanly_and_keeps_the_recording(bundle, video, tmp_path,
     path, _ = video
     rec = tmp_path / "rec.mp4"
     proc = _start(bundle, "--source", path, "--loop", "--headless", "--output", tmp_path / "o.jsonl",
-                  "--record", rec, "--detector", "none")
+                  "--record", rec, "--detector", "none", "--stats")
     try:
         _wait_for(proc, "source:")
         out, deadline = tmp_path / "o.jsonl", time.monotonic() + 60
@@ -216,6 +217,21 @@ def test_interrupt_ends_cleanly_and_keeps_the_recording(bundle, video, tmp_path,
     assert "Traceback" not in err and "recording kept" in err
     frames = int(cv2.VideoCapture(str(rec)).get(cv2.CAP_PROP_FRAME_COUNT))
     assert frames >= 5
+    # --stats reports the run that was interrupted, not only the backend and memory
+    counted = re.search(r"stats: (\d+) frames in [\d.]+ s = [\d.]+ FPS; mean ms per frame: capture", err)
+    assert counted and int(counted.group(1)) >= 5, err[-2000:]
+    assert f"ended by {'interrupted' if code == 130 else 'terminated'}" in err
+    assert re.search(r"resident at start [\d.]+ MB, at end [\d.]+ MB", err) and "open files" in err
+
+
+def test_duration_ends_a_soak_with_its_summary(bundle, video):
+    path, _ = video
+    result = feredge("run", "--bundle", bundle, "--source", path, "--loop", "--headless", "--output", os.devnull,
+                     "--detector", "none", "--stats", "--duration", "2s")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ended by --duration 2s" in result.stderr
+    seconds = float(re.search(r"frames in ([\d.]+) s", result.stderr).group(1))
+    assert 1.9 <= seconds < 10
 
 
 def test_serve_lets_a_browser_watch_a_headless_run(bundle, video):

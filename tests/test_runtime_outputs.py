@@ -142,3 +142,27 @@ def test_no_window_on_a_headless_build():
     if problem is None:
         pytest.skip("this machine can show windows")
     assert "--headless" in problem and "--serve" in problem
+
+
+def test_mjpeg_serves_ipv6_loopback_and_drops_idle_connections(monkeypatch):
+    import socket
+
+    import edge.outputs
+
+    monkeypatch.setattr(edge.outputs, "IDLE_TIMEOUT_S", 0.5)
+    try:
+        server = MjpegServer("::1", 0)
+    except ValueError as exc:
+        pytest.skip(f"no IPv6 loopback here ({exc})")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        assert json.loads(urllib.request.urlopen(server.url + "healthz", timeout=10).read())["ok"] is True
+        idle = socket.create_connection(("::1", server.port), timeout=10)
+        assert idle.recv(1) == b""  # closed by the server after the idle timeout, not held forever
+        idle.close()
+        gone = socket.create_connection(("::1", server.port))  # a viewer that leaves mid-reply
+        gone.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        gone.close()
+        assert json.loads(urllib.request.urlopen(server.url + "healthz", timeout=10).read())["ok"] is True
+    finally:
+        server.close()

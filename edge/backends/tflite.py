@@ -71,8 +71,10 @@ class TFLiteBackend(Backend):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """The line of a runtime's error that says what is wrong; OpenVINO's start with where it was thrown."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    said = [line for line in text if not line.startswith(("Exception from ", "Check '"))]
+    return (said or text or [type(exc).__name__])[0][:300]
 
 
 def open(path, threads: int | None = None, **options) -> TFLiteBackend:
