@@ -275,3 +275,13 @@ def test_a_failed_training_leaves_no_empty_folder_and_never_overwrites_a_strange
         train(TrainConfig(data=str(tmp_path / "empty-data"), arch="seed001", out=str(mine), epochs=1),
               overwrite=True)
     assert (mine / "thesis.tex").read_text() == "precious"
+
+
+def test_a_bench_in_which_every_artifact_failed_exits_3(tmp_path, capsys):
+    pytest.importorskip("openvino")
+    code = main(["bench", "--artifacts", "openvino", "--device", "NPU-that-is-not-here", "--no-accuracy",
+                 "--no-recommend", "--min-time", "0.1", "--min-runs", "5", "--warmup", "0.05",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 3 and "every artifact failed (openvino-int8: error:" in err
+    assert not (DEFAULT_BUNDLE / "recommendation.json").exists()
