@@ -61,8 +61,11 @@ def _onnx_has_gpu() -> bool:
 
 
 def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, threads: int | None = None,
-           device_key: dict | None = None) -> Choice:
-    """The artifact to run, the thread count (None: the runtime's default) and why (one line)."""
+           device_key: dict | None = None, exclude: frozenset[str] = frozenset()) -> Choice:
+    """The artifact to run, the thread count (None: the runtime's default) and why (one line).
+
+    exclude: artifact ids that failed to open here (an OpenVINO IR that does not compile on a
+    Cortex-A72), so that auto moves on to the next choice."""
     installed = installed_formats()
     if backend != "auto":
         if backend not in FORMATS:
@@ -82,6 +85,8 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
             artifact = bundle.find(id=rec["artifact"])
         except ValueError:
             artifact = None
+        if artifact is not None and artifact.id in exclude:
+            artifact = None
         if wanted != {k: here.get(k) for k in wanted}:
             log.info("recommendation.json was measured on another device (%s), not used", _describe(wanted))
         elif artifact is None:
@@ -96,7 +101,10 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
             return Choice(artifact, threads if threads else (int(rec_threads) if rec_threads else None),
                           f"the bundle's benchmark recommendation for this device ({RECOMMENDATION_FILE})")
 
-    available = [f for f in FORMATS if f in installed and any(a.format == f for a in bundle.artifacts)]
+    available = [f for f in FORMATS if f in installed
+                 and any(a.format == f and a.id not in exclude for a in bundle.artifacts)]
+    if not available and exclude:
+        raise ValueError(f"{bundle.root}: no artifact opens here ({', '.join(sorted(exclude))} failed)")
     if not available:
         have = ", ".join(sorted({a.format for a in bundle.artifacts})) or "none"
         runtimes = ", ".join(installed) or "none"
@@ -111,7 +119,7 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
         if fmt not in available:
             continue
         try:
-            return Choice(_pick(bundle, fmt, precision), threads, why)
+            return Choice(_pick(bundle, fmt, precision, exclude), threads, why)
         except ValueError:
             continue
     raise ValueError(f"{bundle.root}: no {precision} artifact for any installed runtime "
@@ -129,13 +137,15 @@ def target_threads(bundle: Bundle) -> int | None:
     return max(1, min(int(wanted), usable))
 
 
-def _pick(bundle: Bundle, fmt: str, precision: str | None) -> Artifact:
-    if precision:
-        return bundle.find(fmt, precision)
-    try:
-        return bundle.find(fmt, "fp32")
-    except ValueError:
-        return bundle.find(fmt)
+def _pick(bundle: Bundle, fmt: str, precision: str | None, exclude: frozenset[str] = frozenset()) -> Artifact:
+    candidates = [a for a in bundle.artifacts if a.format == fmt and a.id not in exclude
+                  and (precision is None or a.precision == precision)]
+    if not candidates:
+        if any(a.format == fmt and a.id in exclude for a in bundle.artifacts):
+            raise ValueError(f"{bundle.root}: no {fmt} artifact left that opens here")
+        return bundle.find(fmt, precision or None)  # raises, naming what the bundle has
+    preferred = [a for a in candidates if a.precision == "fp32"] if precision is None else []
+    return sorted(preferred or candidates, key=lambda a: a.pruning is not None)[0]
 
 
 def _describe(device: dict) -> str:

@@ -183,18 +183,25 @@ def run(args) -> int:
         log.warning("%s", note)
     if args.smooth:
         parse_smoother(args.smooth)  # a typo fails before the model loads
-    choice = choose(bundle, args.backend, args.precision, args.threads)
-    options = {}
-    if choice.artifact.format == "onnx":
-        options["providers"] = args.providers if args.providers == "auto" else args.providers.split(",")
-    elif choice.artifact.format == "openvino":
-        options["device"] = args.device
-        options["precision_hint"] = args.openvino_hint
-    load_started = time.perf_counter()
-    try:
-        backend = bundle.open(choice.artifact, threads=choice.threads, **options)
-    except (BackendError, BundleError) as exc:
-        raise ValueError(str(exc)) from None
+    failed: set[str] = set()
+    while True:  # with --backend auto, an artifact that does not open here hands over to the next choice
+        choice = choose(bundle, args.backend, args.precision, args.threads, exclude=frozenset(failed))
+        options = {}
+        if choice.artifact.format == "onnx":
+            options["providers"] = args.providers if args.providers == "auto" else args.providers.split(",")
+        elif choice.artifact.format == "openvino":
+            options["device"] = args.device
+            options["precision_hint"] = args.openvino_hint
+        load_started = time.perf_counter()
+        try:
+            backend = bundle.open(choice.artifact, threads=choice.threads, **options)
+            break
+        except (BackendError, BundleError) as exc:
+            if args.backend != "auto":
+                raise ValueError(str(exc)) from None
+            failed.add(choice.artifact.id)
+            log.warning("%s does not open here (%s); trying the next choice", choice.artifact.id,
+                        str(exc).split(": ", 1)[-1])
     load_s = time.perf_counter() - load_started
     log.info("backend: %s (%s, ran as %s) via %s, threads %s; chosen by %s%s", choice.artifact.id,
              bundle.path(choice.artifact).name, backend.precision, backend.runtime, choice.threads or "default",

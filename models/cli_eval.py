@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmarks.metrics import format_confusion, format_report
     from models.evaluate import evaluate_path
-    from edge.paths import PRETRAINED_DIR, SAMPLE_DIR
+    from edge.paths import SAMPLE_DIR
 
-    model = args.model or PRETRAINED_DIR
+    model = args.model or _default_model()
     data = args.data or SAMPLE_DIR
     split = args.split
     if split is None and (Path(data).suffix.lower() == ".csv" or (Path(data) / "test").is_dir()):
@@ -66,3 +66,33 @@ def run(args: argparse.Namespace) -> int:
             print("\nunder camera-path perturbations (agreement: same label as on the clean crop)")
             print(format_robustness(report))
     return 0
+
+
+def _default_model():
+    """The shipped Keras model, or on a device without TensorFlow the shipped bundle's TFLite fp32
+    artifact, scored through the edge runtime the device has (the README's main job works on both)."""
+    import importlib.util
+    import logging
+
+    from edge.paths import DEFAULT_BUNDLE, PRETRAINED_DIR
+
+    try:
+        has_tensorflow = importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):  # a broken or blocked install counts as none
+        has_tensorflow = False
+    if has_tensorflow:
+        return PRETRAINED_DIR
+    from edge.backends import installed_formats
+    from edge.bundle import Bundle
+
+    bundle = Bundle.load(DEFAULT_BUNDLE)
+    for fmt in ("tflite", "onnx", "openvino"):
+        if fmt in installed_formats():
+            artifact = next((a for a in bundle.artifacts if a.format == fmt and a.precision == "fp32"), None) \
+                or next((a for a in bundle.artifacts if a.format == fmt), None)
+            if artifact is not None:
+                logging.getLogger("feredge").info("no TensorFlow here: evaluating the shipped bundle's %s",
+                                                  artifact.id)
+                return bundle.path(artifact)
+    raise ValueError("no TensorFlow and no inference runtime installed: pip install \"feredge[tflite]\" "
+                     "(or onnx, openvino) to evaluate the shipped bundle")

@@ -285,3 +285,43 @@ def test_a_bench_in_which_every_artifact_failed_exits_3(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 3 and "every artifact failed (openvino-int8: error:" in err
     assert not (DEFAULT_BUNDLE / "recommendation.json").exists()
+
+
+def test_auto_moves_on_when_an_artifact_does_not_open_here(tmp_path, caplog):
+    """As an OpenVINO IR that does not compile on a Cortex-A72: the recommendation names it, it
+    fails to load, and run --backend auto says so in one line and runs the next choice."""
+    from edge.bundle import sha256_file
+    from edge.device import device_key
+
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, root)
+    weights = root / "openvino" / "model.int8.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    m = json.loads((root / "manifest.json").read_text())
+    ov = next(a for a in m["artifacts"] if a["id"] == "openvino-int8")
+    ov["sha256"]["openvino/model.int8.bin"] = sha256_file(weights)  # intact as far as the hash goes
+    (root / "manifest.json").write_text(json.dumps(m))
+    (root / "recommendation.json").write_text(json.dumps({"device": device_key(), "artifact": "openvino-int8",
+                                                          "threads": 1}))
+    caplog.set_level("INFO")
+    assert main(["run", "--bundle", str(root), "--headless", "--max-frames", "1"]) == 0
+    err = caplog.text
+    notes = [line for line in err.splitlines() if "does not open here" in line]
+    assert len(notes) == 1 and "openvino-int8 does not open here (cannot read OpenVINO IR" in notes[0]
+    assert "backend: tflite-fp32" in err
+    assert main(["run", "--bundle", str(root), "--headless", "--max-frames", "1", "--backend", "openvino"]) == 2
+
+
+def test_eval_without_arguments_on_a_device_without_tensorflow_scores_the_bundle(tmp_path):
+    """The README's main job on a Pi: no TensorFlow, so the shipped bundle's TFLite artifact is scored."""
+    import sys
+
+    blocked = ("import sys; sys.modules['tensorflow'] = None; sys.modules['tf_keras'] = None\n"
+               "from edge.cli import main; sys.exit(main(['eval', '--json']))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["model"].endswith("model.fp32.tflite") and report["num_samples"] == 350
+    assert "no TensorFlow here: evaluating the shipped bundle's tflite-fp32" in done.stderr

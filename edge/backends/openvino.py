@@ -41,6 +41,7 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if precision_hint:
             config["INFERENCE_PRECISION_HINT"] = precision_hint
+        self.path = path  # named by a failed compile, before Backend.__init__ runs
         self._core, self._model, self._config, self.device = core, model, config, device
         # Static shapes run markedly faster on the CPU plugin than dynamic ones, so batch 1 (one
         # face, the common case) gets its own static model; other batch sizes share a dynamic one.

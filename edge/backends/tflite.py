@@ -26,6 +26,9 @@ class TFLiteBackend(Backend):
             # XNNPACK is the default delegate for float and int8 models in both interpreters.
             self._interp = Interpreter(model_path=str(path), num_threads=threads)
             self._interp.allocate_tensors()
+        except SystemError as exc:  # tflite-runtime 2.14 built for numpy 1 under numpy 2
+            raise BackendError(f"{path}: {self.runtime} cannot run with numpy {np.__version__} "
+                               f"({_first_line(exc)}); install ai-edge-litert, or numpy<2 for tflite-runtime") from None
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"{path}: cannot load TFLite model ({_first_line(exc)})") from None
         inp = self._interp.get_input_details()
