@@ -144,10 +144,41 @@ def opencv_facts() -> dict:
     return facts
 
 
+PI_FIX = ("on Raspberry Pi OS: sudo apt install python3-picamera2, make the venv with --system-site-packages, "
+          "and install feredge with -c constraints/pi-bookworm.txt (the system numpy 1.x that picamera2 was "
+          "built for; README, 'Devices')")
+
+
+def picamera2_problem() -> str | None:
+    """None when picamera2 really imports here; else what failed and the fix, in one line.
+
+    Finding the package is not enough: on Pi OS Bookworm a venv with numpy 2 finds the system
+    picamera2 and then fails inside it ('numpy.dtype size changed') while simplejpeg loads."""
+    try:
+        found = importlib.util.find_spec("picamera2") is not None
+    except ValueError:  # already in sys.modules without a spec (None: blocked)
+        found = sys.modules.get("picamera2") is not None
+    if not found:
+        return f"picamera2 is not installed here; {PI_FIX}"
+    try:
+        import picamera2  # noqa: F401
+    except Exception as exc:  # ImportError, or ValueError/RuntimeError from binaries built for another numpy
+        text = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        cause = text[0][:200]
+        if "numpy" in cause.lower():
+            import numpy
+
+            cause += f" (this environment has numpy {numpy.__version__})"
+        return f"picamera2 is installed but does not import ({type(exc).__name__}: {cause}); {PI_FIX}"
+    return None
+
+
 def camera_facts() -> dict:
     devices = sorted(str(p) for p in Path("/dev").glob("video*")) if Path("/dev").is_dir() else []
+    problem = picamera2_problem()
     return {"v4l2_devices": devices,
-            "picamera2": importlib.util.find_spec("picamera2") is not None,
+            "picamera2": problem is None,
+            "picamera2_problem": problem,
             "display": bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))}
 
 

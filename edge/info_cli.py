@@ -49,6 +49,9 @@ def format_info(info: dict) -> str:
         f"cameras    V4L2: {', '.join(cams['v4l2_devices']) or 'none'}; picamera2 {_yes(cams['picamera2'])}; "
         f"display {_yes(cams['display'])}",
     ]
+    problem = cams.get("picamera2_problem")
+    if problem and not problem.startswith("picamera2 is not installed"):  # installed and broken: say how to fix
+        lines.append(f"           {problem}")
     return "\n".join(lines)
 
 

@@ -487,12 +487,13 @@ class PiCameraDevice(Device):
 
 
 def _picamera2_class():
-    try:
-        from picamera2 import Picamera2
-    except ImportError as exc:
-        raise ValueError(f"picamera2 is not importable here ({_first_line(exc)}): on Raspberry Pi OS "
-                         "`sudo apt install python3-picamera2` and make the venv with --system-site-packages "
-                         "(the libcamera bindings do not come from PyPI)") from None
+    from edge.device import picamera2_problem
+
+    problem = picamera2_problem()  # not only ImportError: a numpy mismatch fails inside the import
+    if problem:
+        raise ValueError(problem)
+    from picamera2 import Picamera2
+
     return Picamera2
 
 

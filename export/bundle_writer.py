@@ -43,7 +43,8 @@ def not_a_bundle(folder: Path) -> str | None:
         files = artifact.get("files") if isinstance(artifact, dict) else None
         listed |= {str(f) for f in files} if isinstance(files, list) else set()
     foreign = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                     if not p.is_dir() and str(p.relative_to(folder)) not in listed)
+                     if not p.is_dir() and str(p.relative_to(folder)) not in listed
+                     and p.relative_to(folder).parts[0] != "trt_cache")  # TensorRT engines the runtime cached
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         return f"it holds files no feredge bundle has ({', '.join(foreign[:3])}{more})"

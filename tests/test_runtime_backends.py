@@ -143,3 +143,27 @@ def test_openvino_int8_runs_the_isa_the_tests_cap_it_to(bundle):
     assert capped and all("I8" in k and not any(w in k for w in ("avx512", "amx", "vnni")) for k in capped), capped
     lowered = kernels("SSE41")
     assert lowered and all("sse" in k for k in lowered), lowered
+
+
+def test_tensorrt_gets_an_engine_cache_beside_the_model_and_its_precisions(bundle):
+    from edge.backends.base import BackendError
+    from edge.backends.onnxrt import choose_providers, provider_config
+
+    int8 = bundle.path(bundle.find("onnx", "int8"))
+    jetson = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    config = provider_config(choose_providers("auto", jetson), int8, quantized=True)
+    name, options = config[0]
+    assert name == "TensorrtExecutionProvider" and config[1:] == jetson[1:]
+    assert options["trt_engine_cache_path"] == str(int8.resolve().parent / "trt_cache")
+    assert options["trt_engine_cache_enable"] == "True" and options["trt_fp16_enable"] == "True"
+    assert options["trt_int8_enable"] == "True"  # the QDQ scales, no calibration table
+    fp32 = provider_config(jetson, bundle.path(bundle.find("onnx", "fp32")), quantized=False)
+    assert fp32[0][1]["trt_int8_enable"] == "False"
+    # against this machine's real provider list: auto takes what is there, an absent one is refused
+    import onnxruntime
+
+    here = onnxruntime.get_available_providers()
+    assert choose_providers("auto", here) == [p for p in jetson if p in here] or here
+    if "TensorrtExecutionProvider" not in here:
+        with pytest.raises(BackendError, match="TensorrtExecutionProvider not available here"):
+            _open(bundle, "onnx", "int8", providers="TensorrtExecutionProvider")
