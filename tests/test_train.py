@@ -73,6 +73,9 @@ def test_resume_can_extend_a_finished_run(synthetic_dataset, tmp_path):
 def test_existing_run_is_never_clobbered(synthetic_dataset, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.keras").write_text("precious")
+    with pytest.raises(FileExistsError, match="is not a training run"):  # not even with --overwrite
+        train(_config(synthetic_dataset, tmp_path / "run"), overwrite=True, verbose=0)
+    (tmp_path / "run" / "config.json").write_text("{}")
     with pytest.raises(FileExistsError, match="--resume"):
         train(_config(synthetic_dataset, tmp_path / "run"), verbose=0)
     assert (tmp_path / "run" / "model.keras").read_text() == "precious"
