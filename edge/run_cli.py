@@ -71,6 +71,7 @@ def add_arguments(p) -> None:
                         "and end), open files and threads to stderr at the end, also after Ctrl-C or SIGTERM")
 
 
+WARM_FRAMES = 100  # --stats samples memory, files and threads once warm-up is over
 MAX_MARGIN = 2.0  # a box grown by twice its size on each side is no longer a face crop
 
 
@@ -223,7 +224,8 @@ def run(args) -> int:
     summary = pipeline = None
     first_age: list[float | None] = []
     timed_out: list[bool] = []
-    at_start = _process_facts()
+    frames_seen = [0]
+    at_start, at_warm = _process_facts(), {}
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         try:
@@ -250,6 +252,9 @@ def run(args) -> int:
             def note_first(result):
                 if not first_age:
                     first_age.append(process_age_s())
+                frames_seen[0] += 1
+                if frames_seen[0] == WARM_FRAMES:
+                    at_warm.update(_process_facts())  # after warm-up: the baseline a leak grows from
                 if args.duration_s is not None and time.perf_counter() - started >= args.duration_s:
                     timed_out.append(True)
                     return False  # --duration reached: end like a sink that asks to stop
@@ -274,7 +279,7 @@ def run(args) -> int:
                  summary.fps, summary.ended)
     if args.stats:
         _print_stats(summary, load_s, backend, choice, first_age[0] if summary and first_age else None,
-                     at_start, _process_facts())
+                     at_start, _process_facts(), at_warm)
     return code
 
 
@@ -285,7 +290,7 @@ def _main_thread() -> bool:
 
 
 def _print_stats(summary, load_s: float, backend, choice, first_age: float | None, at_start: dict,
-                 at_end: dict) -> None:
+                 at_end: dict, at_warm: dict) -> None:
     lines = [f"stats: backend {choice.artifact.id} ({backend.precision}, {backend.runtime}), "
              f"threads {choice.threads or 'default'}, model load {1000 * load_s:.0f} ms"]
     if summary is not None and summary.first_result_s is not None:
@@ -301,8 +306,9 @@ def _print_stats(summary, load_s: float, backend, choice, first_age: float | Non
                      f"mean ms per frame: {stages}")
     if summary is not None:
         lines.append(f"stats: ended by {summary.ended or 'an error'}")
-    lines.append(f"stats: peak memory (peak RSS) {memory_mb():.0f} MB; resident at start {at_start['rss_mb']:.1f} MB, "
-                 f"at end {at_end['rss_mb']:.1f} MB")
+    warm = f", after {WARM_FRAMES} frames {at_warm['rss_mb']:.1f} MB" if at_warm else ""
+    lines.append(f"stats: peak memory (peak RSS) {memory_mb():.0f} MB; resident at start {at_start['rss_mb']:.1f} MB"
+                 f"{warm}, at end {at_end['rss_mb']:.1f} MB")
     if "fds" in at_start and "fds" in at_end:
         lines.append(f"stats: open files {at_start['fds']} at start, {at_end['fds']} at end; threads "
                      f"{at_start['threads']} at start, {at_end['threads']} at end")

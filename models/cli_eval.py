@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip-average", choices=("spec", "on", "off"), default="spec",
                    help="average each face with its mirror image: as the model's preprocess.json says "
                         "(default), or force it on/off to measure what it buys")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="score N faces spread evenly over --data (a fixed subset, for slow devices and emulation)")
     p.add_argument("--labels", help="class names in output order for a model without labels.json: a labels.json "
                                     "or a comma list")
     from edge import preprocess_flags
@@ -51,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
         perturb = parse_conditions(args.perturb)
     from edge import preprocess_flags
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, not {args.limit}")
     report = evaluate_path(model, data, split, out_dir=args.out, skip_bad=args.skip_bad, flip_average=flip,
-                           perturb=perturb, labels=args.labels, preprocess=preprocess_flags.from_args(args))
+                           perturb=perturb, labels=args.labels, preprocess=preprocess_flags.from_args(args),
+                           limit=args.limit)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

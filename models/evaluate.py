@@ -92,7 +92,8 @@ def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
 
 def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = None, *,
                   out_dir: str | Path | None = None, skip_bad: bool = False,
-                  flip_average: bool | None = None, perturb=(), labels=None, preprocess: dict | None = None) -> dict:
+                  flip_average: bool | None = None, perturb=(), labels=None, preprocess: dict | None = None,
+                  limit: int | None = None) -> dict:
     """Load a trained model (run directory or file) and evaluate it on a labelled set. An exported
     artifact (.tflite, .onnx, OpenVINO .xml inside a bundle) runs through its edge backend instead,
     with the bundle's preprocessing and labels, so a quantized model is scored the same way.
@@ -100,7 +101,8 @@ def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = 
     flip_average: None runs the model as its spec says; True/False overrides that, to measure both.
     perturb: benchmarks.perturb conditions to score the model under as well. labels and
     preprocess (edge.preprocess_flags fields) describe a model that has no labels.json or
-    preprocess.json beside it; an artifact's bundle already records both.
+    preprocess.json beside it; an artifact's bundle already records both. limit: score that many
+    faces spread evenly over the set (a fixed subset).
     """
     from models.datasets import load_dataset
 
@@ -114,6 +116,8 @@ def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = 
     if flip_average is not None:
         spec = spec.replace(flip_average=flip_average)
     dataset = load_dataset(data, split=split, skip_bad=skip_bad, color=spec.channels == 3)
+    if limit is not None and limit < len(dataset):  # evenly spread, so every class folder contributes
+        dataset = dataset.subset(np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(int)))
     report = evaluate_model(model, dataset, spec, labels, perturb=perturb)
     report["model"] = str(name)
     report["data"] = str(data) + (f" [{split}]" if split else "")
