@@ -32,6 +32,9 @@ WHEELS = ["numpy>=1.23,<2.5", "opencv-python-headless>=4.8,<5", "tqdm>=4.60", "a
 # manylinux tags up to bookworm's glibc 2.36: pip takes only the tags it is given, and without 2_27
 # and 2_35 it silently picks ai-edge-litert 1.4 and openvino 2023.1
 PLATFORMS = ["manylinux2014_aarch64"] + [f"manylinux_2_{v}_aarch64" for v in (17, 24, 26, 27, 28, 31, 34, 35, 36)]
+# Raspberry Pi OS Bookworm's own numpy (python3-numpy), which picamera2 and simplejpeg are built for:
+# the install path of constraints/pi-bookworm.txt
+PI_OS_NUMPY = "numpy==1.24.2"
 RUNTIME_TESTS = ["tests/test_preprocess.py", "tests/test_runtime_outputs.py", "tests/test_runtime_sources.py",
                  "tests/test_portability.py"]  # the runtime's tests that need no TensorFlow
 BACKPORTS = "deb http://deb.debian.org/debian bookworm-backports main\n"
@@ -74,29 +77,36 @@ def ensure_root(work: Path) -> Path:
     return root
 
 
-def wheel_command(site: Path, python_version: str = "3.11") -> list[str]:
+def wheel_command(site: Path, python_version: str = "3.11", pi_os: bool = False) -> list[str]:
+    """pi_os: Pi OS Bookworm's numpy 1.24 and constraints/pi-bookworm.txt, as the picamera2 install has."""
     abi = "cp" + python_version.replace(".", "")
     platforms = [x for p in PLATFORMS for x in ("--platform", p)]
+    pins = ["-c", str(REPO / "constraints" / "pi-bookworm.txt"), PI_OS_NUMPY] if pi_os else []
     return [sys.executable, "-m", "pip", "install", "--quiet", "--upgrade", "--target", str(site),
             "--only-binary=:all:", *platforms, "--python-version", python_version, "--implementation", "cp",
-            "--abi", abi, *WHEELS]
+            "--abi", abi, *pins, *WHEELS]
 
 
-def ensure_site(work: Path) -> Path:
-    site = work / "site-cp311"
+def site_dir(work: Path, pi_os: bool) -> Path:
+    return work / ("site-cp311-pi-os-numpy1" if pi_os else "site-cp311")
+
+
+def ensure_site(work: Path, pi_os: bool = False) -> Path:
+    site = site_dir(work, pi_os)
     marker = site / ".feredge-wheels.json"
-    if marker.is_file() and json.loads(marker.read_text()) == WHEELS:
+    command = wheel_command(site, pi_os=pi_os)
+    if marker.is_file() and json.loads(marker.read_text()) == command[4:]:
         return site
-    sh(wheel_command(site))
-    marker.write_text(json.dumps(WHEELS))
+    sh(command)
+    marker.write_text(json.dumps(command[4:]))
     return site
 
 
 # --- running under emulation --------------------------------------------------------------------
 
-def emulated(work: Path, cpu: str) -> tuple[list[str], dict]:
+def emulated(work: Path, cpu: str, pi_os: bool = False) -> tuple[list[str], dict]:
     """The command prefix and environment that run the arm64 Python under qemu as `cpu`."""
-    root, site = work / "bookworm", work / "site-cp311"
+    root, site = work / "bookworm", site_dir(work, pi_os)
     prefix = [str(work / "qemu" / "usr" / "bin" / "qemu-aarch64"), "-cpu", cpu, "-L", str(root),
               str(root / "usr" / "bin" / "python3")]
     return prefix, environment(site)
@@ -172,7 +182,7 @@ def summarize(args: list[str], out: str, err: str) -> dict:
 def to_markdown(results: dict) -> str:
     cpus = list(results["cpus"])
     lines = [f"# The edge runtime under qemu-aarch64 ({results['qemu']}) on {results['host']}", "",
-             f"{results['note']}", "",
+             f"{results['note']} Wheels: {results.get('wheels', '?')}.", "",
              "| step | " + " | ".join(f"{c} ({CPUS.get(c, c)})" for c in cpus) + " |",
              "|---|" + "---|" * len(cpus)]
     names = list(next(iter(results["cpus"].values())))
@@ -199,6 +209,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="labelled faces for eval (default: the shipped 350-face sample)")
     p.add_argument("--limit", type=int, help="evaluate only the first N faces of --data (a fixed subset)")
     p.add_argument("--cpus", default=",".join(CPUS), help="qemu CPU models (default: cortex-a72,cortex-a76)")
+    p.add_argument("--pi-os-numpy", action="store_true",
+                   help="install as constraints/pi-bookworm.txt does, with Pi OS Bookworm's numpy 1.24.2 "
+                        "(the picamera2 path) instead of PyPI's newest")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per step")
     p.add_argument("--out", required=True, help="folder for results.json and results.md")
     args = p.parse_args(argv)
@@ -210,7 +223,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     qemu = ensure_qemu(work)
     ensure_root(work)
-    ensure_site(work)
+    ensure_site(work, args.pi_os_numpy)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     video = work / "one-face.mp4"
@@ -218,9 +231,11 @@ def main(argv=None) -> int:
         make_test_video(video, 1, seconds=3.0, fps=10.0, seed=1)
     version = subprocess.run([str(qemu), "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     results = {"host": describe_host(host_record()), "qemu": version.strip(), "data": args.data or "shipped sample",
+               "wheels": "Pi OS Bookworm numpy 1.24.2 + constraints/pi-bookworm.txt" if args.pi_os_numpy
+               else "PyPI's newest aarch64 wheels",
                "note": "Emulated: pass/fail and accuracy only; emulated timings mean nothing.", "cpus": {}}
     for cpu in args.cpus.split(","):
-        prefix, env = emulated(work, cpu)
+        prefix, env = emulated(work, cpu, args.pi_os_numpy)
         results["cpus"][cpu] = {}
         for name, step_args in steps(Path(args.bundle), video, args.data, args.limit):
             record = run_step(prefix, env, step_args, args.timeout)

@@ -23,6 +23,9 @@ def test_wheels_are_laid_out_for_bookworm_arm64():
     assert all(t.endswith("aarch64") for t in tags)
     assert cmd[cmd.index("--abi") + 1] == "cp311" and cmd[cmd.index("--python-version") + 1] == "3.11"
     assert not any("tensorflow" in w for w in cmd)  # the device runtime never needs it
+    pi = arm.wheel_command(Path("/w/site"), pi_os=True)
+    assert "numpy==1.24.2" in pi and pi[pi.index("-c") + 1].endswith("constraints/pi-bookworm.txt")
+    assert (REPO / "constraints" / "pi-bookworm.txt").read_text().count("numpy<2") == 1
 
 
 def test_the_emulated_python_gets_the_cpu_the_root_and_a_clean_environment(monkeypatch):
@@ -54,6 +57,6 @@ def test_the_steps_run_and_report_through_the_same_runner_on_the_host(tmp_path):
     assert scored["passed"] and scored["faces"] == 35 and 0.4 < scored["accuracy"] <= 1.0
     broken = arm.run_step([sys.executable], env, ["-m", "edge.cli", "eval", "--model", "/nonexistent.tflite"], 300)
     assert not broken["passed"] and broken["exit"] == 2 and "no such artifact file" in broken["last_error"]
-    table = arm.to_markdown({"host": "h", "qemu": "q", "note": "n",
+    table = arm.to_markdown({"host": "h", "qemu": "q", "note": "n", "wheels": "w",
                              "cpus": {"cortex-a72": {"eval tflite-int8": scored, "info": info}}})
     assert "| eval tflite-int8 | pass, " in table and "of 35 |" in table

@@ -136,6 +136,7 @@ RUN_CASES = [  # (arguments, expected words)
     (["--record", "out.txt"], "record to an .mp4 file"),
     (["--output", "/nonexistent-dir/x.jsonl"], "no such folder for the JSON lines output"),
     (["--output", "/dev/full"], "/dev/full: cannot write the JSON lines output (No space left on device)"),
+    (["--output", "/proc/version"], "/proc/version: cannot write the JSON lines output"),
     (["--bundle", "/nonexistent"], "/nonexistent: no such bundle directory"),
 ]
 
@@ -325,3 +326,34 @@ def test_eval_without_arguments_on_a_device_without_tensorflow_scores_the_bundle
     report = json.loads(done.stdout)
     assert report["model"].endswith("model.fp32.tflite") and report["num_samples"] == 350
     assert "no TensorFlow here: evaluating the shipped bundle's tflite-fp32" in done.stderr
+
+
+def test_a_sink_that_fails_while_closing_does_not_hide_why_the_run_failed(caplog):
+    from edge.outputs import Sink
+
+    class Broken(Sink):
+        def close(self):
+            raise OSError(28, "No space left on device", "rec.mp4")
+
+    with pytest.raises(ValueError, match="the real cause"):
+        with Broken():
+            raise ValueError("the real cause")
+    assert "also failed while closing" in caplog.text
+    with pytest.raises(OSError, match="No space left"):  # alone, the closing failure is the error
+        with Broken():
+            pass
+
+
+def test_unknown_class_folder_names_a_fix_that_exists(tmp_path):
+    from models.datasets import load_dataset
+
+    (tmp_path / "bored").mkdir()
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "bored" / "a.png"), np.zeros((48, 48), np.uint8))
+    (tmp_path / "happy").mkdir()
+    cv2.imwrite(str(tmp_path / "happy" / "b.png"), np.zeros((48, 48), np.uint8))
+    with pytest.raises(ValueError) as info:
+        load_dataset(tmp_path, use_cache=False, progress=False)
+    assert "unknown class folder 'bored'" in str(info.value) and "keep_native_classes" not in str(info.value)
