@@ -1,6 +1,6 @@
 """The edge runtime on an emulated Raspberry Pi 4 (Cortex-A72) and Pi 5 (Cortex-A76), in one command.
 
-    python -m benchmarks.arm_emulation --data DATA --out benchmarks/results/aarch64-qemu-DATE
+    python -m feredge.benchmarks.arm_emulation --data DATA --out benchmarks/results/aarch64-qemu-DATE
 
 Needs root and apt (not part of .ci/run). It builds once, under --work (default /opt/feredge-arm):
 qemu 10 from bookworm-backports (Debian 12's qemu 7.2 crashes in LiteRT and ONNX Runtime), an
@@ -124,14 +124,14 @@ def steps(bundle: Path, video: Path, data: str | None, limit: int | None) -> lis
     """(name, python arguments) of everything the emulated device runs."""
     cache = Path(tempfile.gettempdir()) / "feredge-arm" / "pytest-cache"  # never inside the repository
     out = [("tests", ["-m", "pytest", "-q", "-o", "addopts=", "-o", f"cache_dir={cache}", *RUNTIME_TESTS]),
-           ("info", ["-m", "edge.cli", "info"])]
+           ("info", ["-m", "feredge.edge.cli", "info"])]
     for backend in ("tflite", "onnx", "openvino"):
-        out.append((f"run {backend}", ["-m", "edge.cli", "run", "--bundle", str(bundle), "--source", str(video),
+        out.append((f"run {backend}", ["-m", "feredge.edge.cli", "run", "--bundle", str(bundle), "--source", str(video),
                                        "--headless", "--output", os.devnull, "--backend", backend,
                                        "--max-frames", "30", "--stats"]))
     manifest = json.loads((bundle / "manifest.json").read_text())
     for artifact in manifest["artifacts"]:
-        args = ["-m", "edge.cli", "eval", "--model", str(bundle / artifact["files"][0]), "--json"]
+        args = ["-m", "feredge.edge.cli", "eval", "--model", str(bundle / artifact["files"][0]), "--json"]
         if data:
             args += ["--data", data]
         if limit:
@@ -203,7 +203,7 @@ def to_markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.arm_emulation", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m feredge.benchmarks.arm_emulation", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="/opt/feredge-arm", help="where qemu, the arm64 root and the wheels live")
     p.add_argument("--bundle", default=str(REPO / "models" / "pretrained" / "bundle"))
     p.add_argument("--data", help="labelled faces for eval (default: the shipped 350-face sample)")
@@ -215,9 +215,9 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=3600, help="seconds per step")
     p.add_argument("--out", required=True, help="folder for results.json and results.md")
     args = p.parse_args(argv)
-    from edge.device import describe_host, host_record
-    from edge.fileio import write_text_atomic
-    from edge.testvideo import make_test_video
+    from feredge.edge.device import describe_host, host_record
+    from feredge.edge.fileio import write_text_atomic
+    from feredge.edge.testvideo import make_test_video
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from models.model_io import add_trust_argument
+    from feredge.models.model_io import add_trust_argument
 
     add_trust_argument(p)
-    from benchmarks.harness import BenchOptions
+    from feredge.benchmarks.harness import BenchOptions
 
     d = BenchOptions()
     p.add_argument("compare", nargs="*", metavar="compare RECORDS.json",
@@ -57,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
         if args.compare[0] != "compare" or len(args.compare) < 2:
             raise ValueError("usage: feredge bench compare RECORDS.json [RECORDS.json ...] [--out DIR]")
         return _compare(args.compare[1:], args.out)
-    from benchmarks.harness import BenchOptions, run_bench
-    from benchmarks.recommend import apply_gate, recommend, write_recommendation
-    from benchmarks.report import format_table, write_reports
-    from edge.paths import DEFAULT_BUNDLE
+    from feredge.benchmarks.harness import BenchOptions, run_bench
+    from feredge.benchmarks.recommend import apply_gate, recommend, write_recommendation
+    from feredge.benchmarks.report import format_table, write_reports
+    from feredge.edge.paths import DEFAULT_BUNDLE
 
     _check_args(args)
     bundle = Path(args.bundle) if args.bundle else DEFAULT_BUNDLE
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
                         select=tuple(s for s in args.artifacts.split(",") if s), data=args.data, split=args.split,
                         accuracy=not args.no_accuracy, reference=args.reference, openvino_device=args.device,
                         onnx_providers=args.providers)
-    from edge.bundle import Bundle
-    from edge.device import host_difference
+    from feredge.edge.bundle import Bundle
+    from feredge.edge.device import host_difference
 
     try:
         note = host_difference(Bundle.load(bundle).manifest.get("verified_on"))
@@ -82,12 +82,12 @@ def run(args: argparse.Namespace) -> int:
     apply_gate(result["records"], opts.max_drop)
     result["recommendation"] = recommend(result["records"], opts.max_drop)
     if args.video:
-        from benchmarks.e2e import run_e2e
+        from feredge.benchmarks.e2e import run_e2e
         chosen = list(dict.fromkeys(r["artifact"] for r in result["records"])) if opts.select else None
         result["e2e"] = run_e2e(bundle, args.video, threads=opts.threads, max_frames=args.e2e_frames,
                                 artifacts=chosen)
     if args.overhead:
-        from benchmarks.overhead import measure_overhead
+        from feredge.benchmarks.overhead import measure_overhead
         result["overhead"] = measure_overhead(bundle, opts)
     print(format_table(result["records"]))
     failed = [r for r in result["records"] if r["status"] != "ok"]
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"\nno artifact stays within {opts.max_drop:g} accuracy points: no recommendation")
     if result.get("e2e"):
-        from benchmarks.report import format_e2e_markdown
+        from feredge.benchmarks.report import format_e2e_markdown
         print("\n" + format_e2e_markdown(result["e2e"]))
     if result.get("overhead"):
         print("\n" + "\n".join(result["overhead"]["lines"]))
@@ -131,8 +131,8 @@ def _check_args(args) -> None:
 
 
 def _compare(files: list[str], out: str) -> int:
-    from benchmarks.merge import merge_results
-    from benchmarks.report import format_table, write_reports
+    from feredge.benchmarks.merge import merge_results
+    from feredge.benchmarks.report import format_table, write_reports
 
     results = []
     for name in files:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-from edge.device import _read, device_facts as edge_device_facts
+from feredge.edge.device import _read, device_facts as edge_device_facts
 
 PACKAGES = ("ai-edge-litert", "tflite-runtime", "onnxruntime", "onnxruntime-gpu", "openvino",
             "numpy", "opencv-python-headless", "opencv-python", "tensorflow")

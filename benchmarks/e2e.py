@@ -4,7 +4,7 @@ Each run is a fresh process (like the latency rows) that builds the pipeline wit
 defaults as `feredge run` (Haar detection, EMA smoothing, crop margin from the spec) and draws
 the overlay as a window would, so the FPS here is the FPS of the demo. When the video has a
 ground truth beside it (made by edge.testvideo) the run is scored against it.
-Usage (by the harness): python -m benchmarks.e2e '{"bundle": ..., "artifact": ..., ...}'
+Usage (by the harness): python -m feredge.benchmarks.e2e '{"bundle": ..., "artifact": ..., ...}'
 """
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ class _DrawOnly:
 
 def e2e_job(job: dict) -> dict:
     started = time.perf_counter()
-    from edge import run_cli
-    from edge.bundle import Bundle
-    from edge.device import memory_mb
-    from edge.detect import parse_detector
-    from edge.pipeline import Pipeline
-    from edge.smoothing import parse_smoother
-    from edge.sources import open_source
+    from feredge.edge import run_cli
+    from feredge.edge.bundle import Bundle
+    from feredge.edge.device import memory_mb
+    from feredge.edge.detect import parse_detector
+    from feredge.edge.pipeline import Pipeline
+    from feredge.edge.smoothing import parse_smoother
+    from feredge.edge.sources import open_source
 
     defaults = argparse.ArgumentParser()
     run_cli.add_arguments(defaults)
@@ -59,7 +59,7 @@ def e2e_job(job: dict) -> dict:
            "precision_ran": backend.precision, "runtime": backend.runtime}
     truth_file = Path(job["video"]).with_name(Path(job["video"]).stem + ".truth.json")
     if truth_file.is_file():
-        from edge.testvideo import load_truth, score_run
+        from feredge.edge.testvideo import load_truth, score_run
         score = score_run(results, load_truth(job["video"]))
         out.update(detection_rate=score["detection_rate"], label_accuracy=score["label_accuracy"],
                    smoothed_label_accuracy=score["smoothed_label_accuracy"],
@@ -70,7 +70,7 @@ def e2e_job(job: dict) -> dict:
 def run_e2e(bundle_dir, video, threads=(1,), max_frames: int | None = 300,
             artifacts: list[str] | None = None, timeout_s: float = 900.0, progress: bool = True) -> list[dict]:
     """One row per (artifact, threads); by default the fp32 and int8 artifact of every format."""
-    from edge.bundle import Bundle
+    from feredge.edge.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir)
     if not Path(video).is_file() and not str(video).isdigit():
@@ -83,7 +83,7 @@ def run_e2e(bundle_dir, video, threads=(1,), max_frames: int | None = 300,
                 print(f"[e2e] {artifact} threads={t} on {Path(str(video)).name} ...", file=sys.stderr, flush=True)
             job = {"bundle": str(bundle_dir), "artifact": artifact, "threads": t, "video": str(video),
                    "max_frames": max_frames}
-            done = subprocess.run([sys.executable, "-m", "benchmarks.e2e", json.dumps(job)],
+            done = subprocess.run([sys.executable, "-m", "feredge.benchmarks.e2e", json.dumps(job)],
                                   capture_output=True, text=True, timeout=timeout_s)
             lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
             if done.returncode != 0 or not lines:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.device import device_facts
-from benchmarks.metrics import classification_report, top1_agreement
-from edge.bundle import Artifact, Bundle, sha256_file
-from edge.preprocess import preprocess
-from edge.tta import flip_averaged
+from feredge.benchmarks.device import device_facts
+from feredge.benchmarks.metrics import classification_report, top1_agreement
+from feredge.edge.bundle import Artifact, Bundle, sha256_file
+from feredge.edge.preprocess import preprocess
+from feredge.edge.tta import flip_averaged
 
 log = logging.getLogger("feredge.bench")
 
@@ -59,9 +59,9 @@ def selected(bundle: Bundle, select) -> list[Artifact]:
 
 def load_labelled(bundle: Bundle, data: str | None, split: str | None):
     """Preprocessed faces and labels in the bundle's class order, plus a name for the set."""
-    from models.datasets import load_dataset
-    from models.evaluate import labels_in_model_order
-    from edge.paths import SAMPLE_DIR
+    from feredge.models.datasets import load_dataset
+    from feredge.models.evaluate import labels_in_model_order
+    from feredge.edge.paths import SAMPLE_DIR
 
     source = Path(data) if data else SAMPLE_DIR
     if split is None and (source.suffix.lower() == ".csv" or (source / "test").is_dir()):
@@ -80,8 +80,8 @@ def keras_reference(bundle: Bundle, x: np.ndarray) -> np.ndarray | None:
     if not source.is_file() or (expected and sha256_file(source) != expected):
         return None
     try:
-        from models.model_io import UnsafeModelError, load_keras_model
-        from models.tf_env import keras  # noqa: F401  (TensorFlow present?)
+        from feredge.models.model_io import UnsafeModelError, load_keras_model
+        from feredge.models.tf_env import keras  # noqa: F401  (TensorFlow present?)
     except ImportError:
         return None
     try:
@@ -104,7 +104,7 @@ def _options_for(artifact: Artifact, opts: BenchOptions) -> dict:
 
 
 def run_worker(job: dict, timeout_s: float) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.worker", json.dumps(job)]
+    cmd = [sys.executable, "-m", "feredge.benchmarks.worker", json.dumps(job)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:

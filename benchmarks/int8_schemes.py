@@ -1,6 +1,6 @@
 """Measure every int8 quantization scheme of every format on this CPU: accuracy, drop, agreement, latency.
 
-    python -m benchmarks.int8_schemes --data DATA --calib DATA/train --out benchmarks/results/int8-schemes-HOST
+    python -m feredge.benchmarks.int8_schemes --data DATA --calib DATA/train --out benchmarks/results/int8-schemes-HOST
 
 Each scheme in export.onnx.SCHEMES and export.openvino.SCHEMES (and LiteRT's one int8 scheme) is
 quantized from the same model with the same calibration faces, run through the edge backend on
@@ -26,15 +26,15 @@ log = logging.getLogger("feredge.schemes")
 def measure(model_path, data, calib_dir, calib_count: int = 300, runs: int = 300, progress: bool = True) -> dict:
     import contextlib
 
-    from edge.device import host_record
-    from export import onnx as onnx_export
-    from export import openvino as ov_export
-    from export import tflite as tflite_export
-    from export.calibration import labelled_sets, load_calibration
-    from export.latency import artifact_latency_ms
-    from export.pipeline import _quiet, keras_predict
-    from export.source import load_source
-    from export.verify import Reference, accuracy, verify
+    from feredge.edge.device import host_record
+    from feredge.export import onnx as onnx_export
+    from feredge.export import openvino as ov_export
+    from feredge.export import tflite as tflite_export
+    from feredge.export.calibration import labelled_sets, load_calibration
+    from feredge.export.latency import artifact_latency_ms
+    from feredge.export.pipeline import _quiet, keras_predict
+    from feredge.export.source import load_source
+    from feredge.export.verify import Reference, accuracy, verify
 
     started = time.perf_counter()
     source = load_source(model_path)
@@ -90,7 +90,7 @@ def measure(model_path, data, calib_dir, calib_count: int = 300, runs: int = 300
 
 
 def to_markdown(report: dict) -> str:
-    from edge.device import describe_host
+    from feredge.edge.device import describe_host
 
     lines = [f"Int8 schemes on {describe_host(report['host'])}: {report['faces']} faces from "
              f"{report['faces_source']}, Keras {report['keras_accuracy'] * 100:.2f} %; calibration "
@@ -106,7 +106,7 @@ def to_markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.int8_schemes", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m feredge.benchmarks.int8_schemes", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model to quantize (default: the shipped model)")
     p.add_argument("--data", required=True, help="labelled faces: a FER-style root (its test/ split is used)")
     p.add_argument("--calib", required=True, help="calibration faces (e.g. DATA/train)")
@@ -115,8 +115,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder for schemes.md/.json/.csv")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from edge.fileio import write_text_atomic
-    from edge.paths import PRETRAINED_DIR
+    from feredge.edge.fileio import write_text_atomic
+    from feredge.edge.paths import PRETRAINED_DIR
 
     report = measure(args.model or PRETRAINED_DIR, args.data, args.calib, args.calib_count, args.runs)
     out = Path(args.out)

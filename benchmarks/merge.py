@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.harness import RECORD_VERSION
+from feredge.benchmarks.harness import RECORD_VERSION
 
 
 def device_label(device: dict) -> str:

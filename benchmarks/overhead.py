@@ -3,7 +3,7 @@ runtimes' own benchmark tools (LiteRT's `litert-benchmark`, OpenVINO's `benchmar
 
 Each measurement runs in a fresh process, one after the other, on the same artifact and
 thread count. Usage of the bare loop (by the harness):
-    python -m benchmarks.overhead bare ARTIFACT THREADS RUNS  -> median ms on stdout
+    python -m feredge.benchmarks.overhead bare ARTIFACT THREADS RUNS  -> median ms on stdout
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import BenchOptions, run_worker
-from edge.bundle import Bundle
+from feredge.benchmarks.harness import BenchOptions, run_worker
+from feredge.edge.bundle import Bundle
 
 
 def bare_loop_ms(path: str, threads: int, runs: int) -> float:
@@ -26,7 +26,7 @@ def bare_loop_ms(path: str, threads: int, runs: int) -> float:
     import numpy as np
 
     if path.endswith(".tflite"):
-        from edge.backends.tflite import _interpreter_class
+        from feredge.edge.backends.tflite import _interpreter_class
         Interpreter, _ = _interpreter_class()
         interp = Interpreter(model_path=path, num_threads=threads)
         interp.allocate_tensors()
@@ -102,7 +102,7 @@ def measure_overhead(bundle_dir, opts: BenchOptions, runs: int = 2000) -> dict:
         if "error" in harness:
             lines.append(f"{artifact.id}: harness run failed ({harness['error']})")
             continue
-        bare = subprocess.run([sys.executable, "-m", "benchmarks.overhead", "bare", path, str(threads), str(runs)],
+        bare = subprocess.run([sys.executable, "-m", "feredge.benchmarks.overhead", "bare", path, str(threads), str(runs)],
                               capture_output=True, text=True, timeout=opts.timeout_s)
         bare_ms = float(bare.stdout.strip().splitlines()[-1]) if bare.returncode == 0 and bare.stdout.strip() else None
         native_ms = (native(path, threads, runs) if fmt == "tflite"
@@ -122,4 +122,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "bare":
         print(bare_loop_ms(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
     else:
-        sys.exit("usage: python -m benchmarks.overhead bare ARTIFACT THREADS RUNS")
+        sys.exit("usage: python -m feredge.benchmarks.overhead bare ARTIFACT THREADS RUNS")

@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from edge.fileio import write_text_atomic
+from feredge.edge.fileio import write_text_atomic
 
 log = logging.getLogger("feredge.bench")
 

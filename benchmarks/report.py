@@ -6,8 +6,8 @@ import io
 import json
 from pathlib import Path
 
-from benchmarks.plots import _save_png
-from edge.fileio import write_text_atomic
+from feredge.benchmarks.plots import _save_png
+from feredge.edge.fileio import write_text_atomic
 
 # (header, record key, format) for the latency/accuracy table.
 COLUMNS = [
@@ -99,7 +99,7 @@ def device_lines(device: dict) -> list[str]:
 def plot_latency_accuracy(records: list[dict], path: str | Path, title: str = "latency against accuracy") -> None:
     from matplotlib.ticker import ScalarFormatter
 
-    from benchmarks.plots import _new_figure
+    from feredge.benchmarks.plots import _new_figure
 
     points = [r for r in records if r["status"] == "ok" and r.get("accuracy") is not None]
     fig = _new_figure((8.5, 5.5))
@@ -129,7 +129,7 @@ def plot_latency_accuracy(records: list[dict], path: str | Path, title: str = "l
 
 
 def plot_stage_bars(e2e_rows: list[dict], path: str | Path, title: str = "end-to-end time per frame by stage") -> None:
-    from benchmarks.plots import _new_figure
+    from feredge.benchmarks.plots import _new_figure
 
     stages = list(dict.fromkeys(s for row in e2e_rows for s in row["stage_ms"]))
     labels = [row["label"] for row in e2e_rows]

@@ -2,7 +2,7 @@
 
 A process per (artifact, threads) keeps runtimes from sharing thread pools, caches or memory,
 so each row's peak memory is that runtime's own. Usage (by the harness):
-    python -m benchmarks.worker '{"path": ..., "threads": 1, ...}'  -> one JSON line on stdout
+    python -m feredge.benchmarks.worker '{"path": ..., "threads": 1, ...}'  -> one JSON line on stdout
 """
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ import time
 
 import numpy as np
 
-from edge.device import memory_mb
+from feredge.edge.device import memory_mb
 
 
 def measure(job: dict) -> dict:
-    from benchmarks.timing import summarize, time_calls
-    from edge.backends import format_of, open_artifact
-    from edge.tta import with_flip_average
+    from feredge.benchmarks.timing import summarize, time_calls
+    from feredge.edge.backends import format_of, open_artifact
+    from feredge.edge.tta import with_flip_average
 
     path = job["path"]
     options = job.get("options", {})
     # Import the runtime before the baseline, so memory counts the model, not the library.
     import importlib
-    importlib.import_module({"tflite": "edge.backends.tflite", "onnx": "edge.backends.onnxrt",
-                             "openvino": "edge.backends.openvino"}[format_of(path)])
+    importlib.import_module({"tflite": "feredge.edge.backends.tflite", "onnx": "feredge.edge.backends.onnxrt",
+                             "openvino": "feredge.edge.backends.openvino"}[format_of(path)])
     baseline = memory_mb("VmRSS")
     t0 = time.perf_counter()
     backend = with_flip_average(open_artifact(path, threads=job.get("threads"), **options),

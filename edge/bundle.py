@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path, PurePosixPath
 
-from edge.preprocess import PreprocessSpec
+from feredge.edge.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -104,8 +104,8 @@ class Bundle:
     def open(self, artifact: Artifact | None = None, *, format: str | None = None, precision: str | None = None,
              threads: int | None = None, verify: bool = True, **options):
         """A backend for one artifact of this bundle, flip-averaged if the bundle's spec says so."""
-        from edge.backends import open_artifact
-        from edge.tta import with_flip_average
+        from feredge.edge.backends import open_artifact
+        from feredge.edge.tta import with_flip_average
 
         artifact = artifact or self.find(format, precision)
         if verify:

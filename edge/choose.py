@@ -19,8 +19,8 @@ import json
 import logging
 from pathlib import Path
 
-from edge.backends import FORMATS, installed_formats
-from edge.bundle import Artifact, Bundle
+from feredge.edge.backends import FORMATS, installed_formats
+from feredge.edge.bundle import Artifact, Bundle
 
 log = logging.getLogger("feredge.run")
 
@@ -77,7 +77,7 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
 
     rec = read_recommendation(bundle)
     if rec is not None:
-        from edge.device import device_key as this_device
+        from feredge.edge.device import device_key as this_device
 
         here = device_key or this_device()
         wanted = {k: rec["device"].get(k) for k in ("machine", "cpu", "system")}

@@ -12,19 +12,19 @@ import logging
 import os
 import sys
 
-from edge.backends.base import BackendError  # numpy only: cheap at start-up
+from feredge.edge.backends.base import BackendError  # numpy only: cheap at start-up
 
 # name -> (module with add_arguments(parser) and run(args), one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("models.cli_train", "train a network on labelled faces into a run directory"),
-    "eval": ("models.cli_eval", "evaluate a trained model (default: the shipped model on the shipped sample)"),
-    "compare": ("models.compare", "compare trained runs on one test split (accuracy, size, MACs, speed)"),
-    "average": ("models.soup", "average the weights of runs fine-tuned from one start (a model soup)"),
-    "export": ("export.cli", "convert a trained Keras model into a verified bundle (TFLite, ONNX, OpenVINO; fp32 to int8)"),
-    "bench": ("benchmarks.cli", "measure every artifact of a bundle on this device: latency, memory, accuracy drop"),
-    "run": ("edge.run_cli", "faces from a camera, video, image or folder through a bundle: window, JSON lines, "
+    "train": ("feredge.models.cli_train", "train a network on labelled faces into a run directory"),
+    "eval": ("feredge.models.cli_eval", "evaluate a trained model (default: the shipped model on the shipped sample)"),
+    "compare": ("feredge.models.compare", "compare trained runs on one test split (accuracy, size, MACs, speed)"),
+    "average": ("feredge.models.soup", "average the weights of runs fine-tuned from one start (a model soup)"),
+    "export": ("feredge.export.cli", "convert a trained Keras model into a verified bundle (TFLite, ONNX, OpenVINO; fp32 to int8)"),
+    "bench": ("feredge.benchmarks.cli", "measure every artifact of a bundle on this device: latency, memory, accuracy drop"),
+    "run": ("feredge.edge.run_cli", "faces from a camera, video, image or folder through a bundle: window, JSON lines, "
                             "MJPEG page, recording"),
-    "info": ("edge.info_cli", "this device: CPU, OS, inference runtimes, OpenCV build (GUI, GStreamer, V4L2), cameras"),
+    "info": ("feredge.edge.info_cli", "this device: CPU, OS, inference runtimes, OpenCV build (GUI, GStreamer, V4L2), cameras"),
 }
 
 # Bad input and bad usage exit with 2 and one line, and so does an OSError (full disk, read-only file

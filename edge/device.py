@@ -134,7 +134,7 @@ def runtime_facts() -> dict:
 def opencv_facts() -> dict:
     import cv2
 
-    from edge.sources import opencv_build_facts
+    from feredge.edge.sources import opencv_build_facts
 
     facts = {"version": cv2.__version__, **opencv_build_facts()}
     folder = getattr(getattr(cv2, "data", None), "haarcascades", None)

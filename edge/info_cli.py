@@ -9,8 +9,8 @@ def add_arguments(p) -> None:
 
 
 def gather() -> dict:
-    from edge.backends import installed_formats
-    from edge.device import camera_facts, device_facts, opencv_facts, runtime_facts
+    from feredge.edge.backends import installed_formats
+    from feredge.edge.device import camera_facts, device_facts, opencv_facts, runtime_facts
 
     return {"device": device_facts(), "formats": installed_formats(), "runtimes": runtime_facts(),
             "opencv": opencv_facts(), "cameras": camera_facts()}

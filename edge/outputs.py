@@ -86,7 +86,7 @@ class JsonLinesSink(Sink):
 
 def display_problem() -> str | None:
     """Why a window cannot be shown here, or None when it can."""
-    from edge.sources import opencv_build_facts
+    from feredge.edge.sources import opencv_build_facts
 
     if not opencv_build_facts()["gui"]:
         return (f"this OpenCV {cv2.__version__} has no GUI (a headless build), so it cannot open a window; "

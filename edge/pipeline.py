@@ -23,10 +23,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge.detect import Detector, WholeFrameDetector
-from edge.preprocess import PreprocessSpec, crop_face, preprocess, to_gray
-from edge.smoothing import FaceTracker, NoSmoother
-from edge.sources import Frame, FrameSource
+from feredge.edge.detect import Detector, WholeFrameDetector
+from feredge.edge.preprocess import PreprocessSpec, crop_face, preprocess, to_gray
+from feredge.edge.smoothing import FaceTracker, NoSmoother
+from feredge.edge.sources import Frame, FrameSource
 
 log = logging.getLogger("feredge.run")
 
@@ -164,7 +164,7 @@ class Pipeline:
 
         Sinks have write(result) and `needs_image`; the caller opens and closes them and the source.
         """
-        from edge.render import annotate
+        from feredge.edge.render import annotate
 
         need_image = any(getattr(s, "needs_image", False) for s in sinks)
         summary = self.last_summary = RunSummary()  # read after an interrupt: what ran until then

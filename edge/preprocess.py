@@ -72,7 +72,7 @@ class PreprocessSpec:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | Path) -> None:
-        from edge.fileio import write_text_atomic
+        from feredge.edge.fileio import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from edge.preprocess import EQUALIZE_MODES, NORMALIZE_MODES, PreprocessSpec
+from feredge.edge.preprocess import EQUALIZE_MODES, NORMALIZE_MODES, PreprocessSpec
 
 log = logging.getLogger("feredge")
 

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from edge.device import host_difference, memory_mb
-from edge.paths import DEFAULT_BUNDLE, SAMPLE_DIR
+from feredge.edge.device import host_difference, memory_mb
+from feredge.edge.paths import DEFAULT_BUNDLE, SAMPLE_DIR
 
 log = logging.getLogger("feredge.run")
 
@@ -155,17 +155,17 @@ def _check_args(args) -> None:
 
 
 def run(args) -> int:
-    from edge.backends import BackendError
-    from edge.bundle import Bundle, BundleError
-    from edge.choose import choose
-    from edge.detect import parse_detector
-    from edge.pipeline import Pipeline
-    from edge.smoothing import parse_smoother
-    from edge.sources import SourceLost
+    from feredge.edge.backends import BackendError
+    from feredge.edge.bundle import Bundle, BundleError
+    from feredge.edge.choose import choose
+    from feredge.edge.detect import parse_detector
+    from feredge.edge.pipeline import Pipeline
+    from feredge.edge.smoothing import parse_smoother
+    from feredge.edge.sources import SourceLost
 
     _check_args(args)
     if not args.headless and not args.serve:
-        from edge.outputs import display_problem
+        from feredge.edge.outputs import display_problem
 
         problem = display_problem()
         if problem:
@@ -216,8 +216,8 @@ def run(args) -> int:
     detector = parse_detector(detector_text, scale=_parse_scale(args.detect_scale), min_face=args.min_face,
                               every=args.detect_every,
                               precropped_max=128 if args.detector == "auto" and not is_default_source else None)
-    from edge.outputs import JsonLinesSink, MjpegServer, Recorder, WindowSink, parse_host_port
-    from edge.sources import ImageSource, open_source
+    from feredge.edge.outputs import JsonLinesSink, MjpegServer, Recorder, WindowSink, parse_host_port
+    from feredge.edge.sources import ImageSource, open_source
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     code = 0

@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from edge.detect import iou
+from feredge.edge.detect import iou
 
 
 class _EmaState:

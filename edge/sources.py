@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.fileio import read_image
+from feredge.edge.fileio import read_image
 
 log = logging.getLogger("feredge.source")
 
@@ -487,7 +487,7 @@ class PiCameraDevice(Device):
 
 
 def _picamera2_class():
-    from edge.device import picamera2_problem
+    from feredge.edge.device import picamera2_problem
 
     problem = picamera2_problem()  # not only ImportError: a numpy mismatch fails inside the import
     if problem:

@@ -8,7 +8,7 @@ ground truth (per frame: each face's box, label and sample file) is written besi
 matching), false detections, and label accuracy against the true labels and, optionally, against
 reference predictions made on the original crops.
 
-    python -m edge.testvideo out/one.mp4 --faces 1 --seconds 10 --fps 15
+    python -m feredge.edge.testvideo out/one.mp4 --faces 1 --seconds 10 --fps 15
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.detect import iou
-from edge.fileio import write_text_atomic
-from edge.paths import SAMPLE_DIR
+from feredge.edge.detect import iou
+from feredge.edge.fileio import write_text_atomic
+from feredge.edge.paths import SAMPLE_DIR
 
 
 def _sample_files(sample_dir: Path) -> list[tuple[str, Path]]:
@@ -210,7 +210,7 @@ def score_run(results, truth: dict, iou_threshold: float = 0.3, reference: dict 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.testvideo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m feredge.edge.testvideo", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="the .mp4 to write (its ground truth goes beside it as NAME.truth.json)")
     parser.add_argument("--faces", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=10.0)

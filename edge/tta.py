@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edge.backends.base import Backend
+from feredge.edge.backends.base import Backend
 
 
 def mirrored(batch: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
     See export.pipeline.export_model (more: finetune_epochs=2, seed=0, skip, flip_average, target,
     preprocess).
     """
-    from export.pipeline import export_model as _export_model
+    from feredge.export.pipeline import export_model as _export_model
 
     return _export_model(model_path, out_dir, formats=formats, precisions=precisions, calib=calib,
                          calib_count=calib_count, data=data, labels=labels, prune=prune, allow_drop=allow_drop,

@@ -21,8 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edge.bundle import MANIFEST, SCHEMA_VERSION
-from edge.fileio import write_text_atomic
+from feredge.edge.bundle import MANIFEST, SCHEMA_VERSION
+from feredge.edge.fileio import write_text_atomic
 
 log = logging.getLogger("feredge.export")
 

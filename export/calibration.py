@@ -16,11 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.fileio import read_image
-from edge.labels import canonical_label
-from edge.preprocess import PreprocessSpec, preprocess
-from models.datasets import LabelledImages, load_dataset, stratified_split
-from edge.paths import SAMPLE_DIR
+from feredge.edge.fileio import read_image
+from feredge.edge.labels import canonical_label
+from feredge.edge.preprocess import PreprocessSpec, preprocess
+from feredge.models.datasets import LabelledImages, load_dataset, stratified_split
+from feredge.edge.paths import SAMPLE_DIR
 
 log = logging.getLogger("feredge.export")
 

@@ -12,7 +12,7 @@ EXIT_REJECTED = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from models.model_io import add_trust_argument
+    from feredge.models.model_io import add_trust_argument
 
     add_trust_argument(p)
     p.add_argument("--model", help="run directory, .keras/.h5 file or SavedModel directory (default: the shipped model)")
@@ -20,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                  "and 'feredge bench' use, for the shipped model; bundles/<model folder or file "
                                  "name> otherwise); an earlier bundle there is replaced only when the new one is "
                                  "complete and verified")
-    from edge import preprocess_flags
-    from export.targets import TARGETS
+    from feredge.edge import preprocess_flags
+    from feredge.export.targets import TARGETS
 
     p.add_argument("--target", default="generic", choices=tuple(TARGETS),
                    help="the device to build for: formats, precisions, int8 schemes and thread default "
@@ -57,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from edge import preprocess_flags
-    from edge.paths import DEFAULT_BUNDLE, PRETRAINED_DIR
-    from export import export_model
-    from export.pipeline import ExportIncomplete
+    from feredge.edge import preprocess_flags
+    from feredge.edge.paths import DEFAULT_BUNDLE, PRETRAINED_DIR
+    from feredge.export import export_model
+    from feredge.export.pipeline import ExportIncomplete
 
     model = Path(args.model) if args.model else PRETRAINED_DIR
     if args.out:

@@ -28,7 +28,7 @@ def alternating_medians_ms(calls: list[Callable[[], object]], runs: int = 200, w
 
 def keras_call(model) -> Callable[[], object]:
     """Batch-1 forward pass of a Keras model as a compiled tf.function (no Keras predict overhead)."""
-    from models.tf_env import tf
+    from feredge.models.tf_env import tf
 
     x = tf.zeros((1, *model.input_shape[1:]), tf.float32)
     fn = tf.function(lambda t: model(t, training=False), autograph=False)
@@ -42,7 +42,7 @@ def keras_latency_ms(*models, runs: int = 200) -> list[float]:
 
 def artifact_latency_ms(paths_and_options: list[tuple[object, dict]], face: np.ndarray, runs: int = 200) -> list[float]:
     """Median single-face latency (one thread) of artifact files through the edge backends."""
-    from edge.backends import open_artifact
+    from feredge.edge.backends import open_artifact
 
     x = np.ascontiguousarray(face[:1], dtype=np.float32)
     with contextlib.ExitStack() as stack:

@@ -57,7 +57,7 @@ def settings(precision: str, scheme: str = DEFAULT_SCHEME) -> dict:
 def convert_fp32(model, path: Path) -> None:
     import tf2onnx
 
-    from models.tf_env import tf
+    from feredge.models.tf_env import tf
 
     signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="input")]
     tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET, output_path=str(path))

@@ -24,20 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import SCHEMA_VERSION, Bundle, sha256_file
-from edge.device import host_record
-from edge.paths import SAMPLE_DIR
-from edge.tta import flip_averaged
-from export import onnx as onnx_export
-from export import openvino as ov_export
-from export import tflite as tflite_export
-from export.bundle_writer import BundleWriter
-from export.calibration import list_calibration_files, load_calibration, labelled_sets
-from export.pruning import PruneRequest, parse_prune
-from export.summary import format_summary, toolchain_versions
-from export.targets import get_target, host_warning
-from export.verify import Reference, accuracy, verify
-from models.run_dir import locate_model
+from feredge.edge.bundle import SCHEMA_VERSION, Bundle, sha256_file
+from feredge.edge.device import host_record
+from feredge.edge.paths import SAMPLE_DIR
+from feredge.edge.tta import flip_averaged
+from feredge.export import onnx as onnx_export
+from feredge.export import openvino as ov_export
+from feredge.export import tflite as tflite_export
+from feredge.export.bundle_writer import BundleWriter
+from feredge.export.calibration import list_calibration_files, load_calibration, labelled_sets
+from feredge.export.pruning import PruneRequest, parse_prune
+from feredge.export.summary import format_summary, toolchain_versions
+from feredge.export.targets import get_target, host_warning
+from feredge.export.verify import Reference, accuracy, verify
+from feredge.models.run_dir import locate_model
 
 log = logging.getLogger("feredge.export")
 
@@ -112,7 +112,7 @@ def artifact_id(fmt: str, precision: str, tag: str | None) -> str:
 
 def _quiet():
     """Silence converters' native stderr chatter (FEREDGE_TF_VERBOSE=1 shows it)."""
-    from models.tf_env import native_stderr_silenced
+    from feredge.models.tf_env import native_stderr_silenced
 
     return native_stderr_silenced()
 
@@ -234,7 +234,7 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
         logging.getLogger(name).setLevel(logging.WARNING)
 
     with BundleWriter(out_dir) as writer, tempfile.TemporaryDirectory(prefix="feredge-export-") as scratch:
-        from export.source import load_source
+        from feredge.export.source import load_source
 
         log.info("loading %s", model_path)
         source = load_source(model_path, labels=labels, add_softmax=add_softmax, preprocess=preprocess)
@@ -243,7 +243,7 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
         if source.spec.flip_average:
             log.info("the model runs flip-averaged: every face and its mirror image (2x inference)")
         model = source.model
-        from models.architectures import count_macs
+        from feredge.models.architectures import count_macs
 
         parameters, macs = int(model.count_params()), count_macs(model)
         log.info("%s: %s parameters, %.2f M MACs, %dx%dx%d input, %d classes (%s)", source.name,
@@ -349,7 +349,7 @@ def _gzip_comparison(unpruned: list[dict], pruned: list[dict]) -> dict:
 
 def _tflite_latency(writer: BundleWriter, unpruned: list[dict], pruned: list[dict], x: np.ndarray) -> dict:
     """Single-face, one-thread LiteRT latency of the fp32 artifact before and after structured pruning."""
-    from export.latency import artifact_latency_ms
+    from feredge.export.latency import artifact_latency_ms
 
     twin = next((a for a in pruned if a["format"] == "tflite" and a["precision"] == "fp32"), None)
     base = next((a for a in unpruned if a["id"] == "tflite-fp32"), None)
@@ -362,9 +362,9 @@ def _tflite_latency(writer: BundleWriter, unpruned: list[dict], pruned: list[dic
 
 def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: int, seed: int, progress: bool):
     """(pruned Keras model, full report for the manifest, brief dict for each artifact)."""
-    from export import pruning
-    from export.latency import keras_latency_ms
-    from models.architectures import count_macs
+    from feredge.export import pruning
+    from feredge.export.latency import keras_latency_ms
+    from feredge.models.architectures import count_macs
 
     started = time.perf_counter()
     verbose = 2 if progress else 0

@@ -75,7 +75,7 @@ def parse_prune(specs) -> list[PruneRequest]:
 # --- fine-tuning -----------------------------------------------------------------------------
 
 def _batches(images: np.ndarray, y: np.ndarray, spec, num_classes: int, batch_size: int, epochs: int, seed: int):
-    from edge.preprocess import preprocess
+    from feredge.edge.preprocess import preprocess
 
     eye = np.eye(num_classes, dtype=np.float32)
     for epoch in range(epochs):
@@ -88,7 +88,7 @@ def _batches(images: np.ndarray, y: np.ndarray, spec, num_classes: int, batch_si
 def fine_tune(model, train, spec, *, epochs: int, lr: float, batch_size: int = 64, seed: int = 0,
               callbacks=(), verbose: int = 0) -> None:
     """Plain fine-tuning (no augmentation) on uint8 faces with the model's own preprocessing."""
-    from models.tf_env import generator_dataset, keras
+    from feredge.models.tf_env import generator_dataset, keras
 
     keras.utils.set_random_seed(seed)
     classes = int(model.output_shape[-1])
@@ -106,7 +106,7 @@ def steps_per_epoch(train, batch_size: int = 64) -> int:
 
 def copy_model(model):
     """An independent copy, so pruning and fine-tuning a variant never touch the source's weights."""
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
@@ -118,7 +118,7 @@ def copy_model(model):
 def magnitude_prune(model, train, spec, sparsity: float, *, epochs: int, lr: float = 1e-4,
                     batch_size: int = 64, seed: int = 0, verbose: int = 0):
     """(stripped model with zeroed weights, info). Raises if the asked sparsity was not reached."""
-    from models.tf_env import keras  # before tfmot: it must see TF_USE_LEGACY_KERAS
+    from feredge.models.tf_env import keras  # before tfmot: it must see TF_USE_LEGACY_KERAS
 
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
@@ -336,7 +336,7 @@ def choose_channels(model, fraction: float) -> tuple[_Graph, dict[str, tuple[int
 
 def structured_prune(model, fraction: float):
     """(smaller dense model with the surviving weights, notes). No fine-tuning here."""
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     graph, out, keep, notes = choose_channels(model, fraction)
     layers, inputs, _ = _topology(model)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import sha256_file
-from edge.preprocess import PreprocessSpec
-from models.run_dir import locate_model, resolve_labels
+from feredge.edge.bundle import sha256_file
+from feredge.edge.preprocess import PreprocessSpec
+from feredge.models.run_dir import locate_model, resolve_labels
 
 log = logging.getLogger("feredge.export")
 
@@ -61,13 +61,13 @@ def fingerprint(path: Path) -> str:
 
 def load_source(model_path, *, labels=None, add_softmax: bool = False, preprocess: dict | None = None) -> Source:
     """preprocess: spec fields from edge.preprocess_flags (required when the model has no preprocess.json)."""
-    from edge import preprocess_flags
+    from feredge.edge import preprocess_flags
 
     files = locate_model(model_path)
     flags = dict(preprocess or {})
     if files.spec is None:  # refuse before minutes of loading; the size is checked once the model is loaded
         preprocess_flags.check_given(flags, str(files.model))
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     model = _load_keras(files.model, keras)
     check_model(model)
@@ -94,7 +94,7 @@ def load_source(model_path, *, labels=None, add_softmax: bool = False, preproces
 
 
 def _load_keras(path: Path, keras):
-    from models.model_io import check_safe, trusted
+    from feredge.models.model_io import check_safe, trusted
 
     check_safe(path)  # before loading: an .h5 Lambda runs while the model is built
     try:
@@ -147,7 +147,7 @@ def _unsupported_in_config(path: Path, keras) -> list[tuple[str, str]]:
             if kind not in SUPPORTED_LAYERS:
                 found.append((config["name"], kind))
 
-    from models.model_io import saved_config
+    from feredge.models.model_io import saved_config
 
     config = saved_config(Path(path))
     if config:
@@ -210,7 +210,7 @@ def ends_in_softmax(model) -> bool:
 
 def outputs_look_like_probabilities(model, spec: PreprocessSpec) -> bool:
     """Rows non-negative and summing to 1 on a few inputs spanning the spec's value range."""
-    from edge.preprocess import normalize
+    from feredge.edge.preprocess import normalize
 
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 256, (8, spec.height, spec.width, spec.channels), dtype=np.uint8)

@@ -114,7 +114,7 @@ def _in_export_order(records: list[dict]) -> list[dict]:
 
 
 def _target_line(manifest: dict) -> str:
-    from edge.device import describe_host
+    from feredge.edge.device import describe_host
 
     target, host = manifest.get("target") or {}, manifest.get("verified_on")
     where = describe_host(host) if host else "an unrecorded CPU"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from export import onnx as onnx_export
-from export import openvino as ov_export
+from feredge.export import onnx as onnx_export
+from feredge.export import openvino as ov_export
 
 
 @dataclasses.dataclass(frozen=True)

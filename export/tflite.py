@@ -28,7 +28,7 @@ def settings(precision: str) -> dict:
 
 def convert(model, path: Path, precision: str, calib: np.ndarray | None = None) -> None:
     """Write `model` as a .tflite file at `path`."""
-    from models.tf_env import tf
+    from feredge.models.tf_env import tf
 
     if precision not in PRECISIONS:
         raise ValueError(f"TFLite has no precision {precision!r} (choose from {', '.join(PRECISIONS)})")

@@ -17,9 +17,9 @@ import dataclasses
 
 import numpy as np
 
-from benchmarks.metrics import top1_agreement
-from edge.backends import open_artifact
-from edge.tta import with_flip_average
+from feredge.benchmarks.metrics import top1_agreement
+from feredge.edge.backends import open_artifact
+from feredge.edge.tta import with_flip_average
 
 MIN_AGREEMENT = 0.995
 MAX_ACCURACY_DROP = 0.01

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from models.tf_env import keras
+from feredge.models.tf_env import keras
 
 layers = keras.layers
 

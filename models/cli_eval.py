@@ -5,7 +5,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from models.model_io import add_trust_argument
+    from feredge.models.model_io import add_trust_argument
 
     add_trust_argument(p)
     p.add_argument("--model", help="run directory, model file, or an exported artifact inside a bundle "
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score N faces spread evenly over --data (a fixed subset, for slow devices and emulation)")
     p.add_argument("--labels", help="class names in output order for a model without labels.json: a labels.json "
                                     "or a comma list")
-    from edge import preprocess_flags
+    from feredge.edge import preprocess_flags
 
     preprocess_flags.add_arguments(p)
     p.add_argument("--perturb", nargs="?", const="default", metavar="KIND:VALUE,...",
@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from benchmarks.metrics import format_confusion, format_report
-    from models.evaluate import evaluate_path
-    from edge.paths import SAMPLE_DIR
+    from feredge.benchmarks.metrics import format_confusion, format_report
+    from feredge.models.evaluate import evaluate_path
+    from feredge.edge.paths import SAMPLE_DIR
 
     model = args.model or _default_model()
     data = args.data or SAMPLE_DIR
@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
     flip = {"spec": None, "on": True, "off": False}[args.flip_average]
     perturb = ()
     if args.perturb is not None:
-        from benchmarks.perturb import parse_conditions
+        from feredge.benchmarks.perturb import parse_conditions
         perturb = parse_conditions(args.perturb)
-    from edge import preprocess_flags
+    from feredge.edge import preprocess_flags
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, not {args.limit}")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print("\nconfusion matrix (rows: true, columns: predicted)")
         print(format_confusion(report["confusion_matrix"], report["labels"]))
         if report.get("robustness"):
-            from models.evaluate import format_robustness
+            from feredge.models.evaluate import format_robustness
             print("\nunder camera-path perturbations (agreement: same label as on the clean crop)")
             print(format_robustness(report))
     return 0
@@ -79,7 +79,7 @@ def _default_model():
     import importlib.util
     import logging
 
-    from edge.paths import DEFAULT_BUNDLE, PRETRAINED_DIR
+    from feredge.edge.paths import DEFAULT_BUNDLE, PRETRAINED_DIR
 
     try:
         has_tensorflow = importlib.util.find_spec("tensorflow") is not None
@@ -87,8 +87,8 @@ def _default_model():
         has_tensorflow = False
     if has_tensorflow:
         return PRETRAINED_DIR
-    from edge.backends import installed_formats
-    from edge.bundle import Bundle
+    from feredge.edge.backends import installed_formats
+    from feredge.edge.bundle import Bundle
 
     bundle = Bundle.load(DEFAULT_BUNDLE)
     for fmt in ("tflite", "onnx", "openvino"):

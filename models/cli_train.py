@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from models.train import TrainConfig
+from feredge.models.train import TrainConfig
 
 _DEFAULTS = TrainConfig(data="")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from models.model_io import add_trust_argument
+    from feredge.models.model_io import add_trust_argument
 
     add_trust_argument(p)
     d = _DEFAULTS
@@ -72,13 +72,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.train import resume, train
+    from feredge.models.train import resume, train
 
     out = args.out or f"runs/{args.arch}"
     if args.resume:
         report = resume(out, epochs=args.epochs)
     else:
-        from edge.paths import SAMPLE_DIR
+        from feredge.edge.paths import SAMPLE_DIR
         data, split, val = args.data, (None if args.train_split == "none" else args.train_split), args.val
         if data is None:  # the shipped sample is one class-folder set: hold a part of it out
             data, split, val = str(SAMPLE_DIR), None, "split:0.2" if args.val == "test" else args.val

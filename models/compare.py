@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.fileio import write_text_atomic
+from feredge.edge.fileio import write_text_atomic
 
 
 def keras_ms_per_face(model, input_shape, runs: int = 200, warmup: int = 20) -> float:
     """Median wall time of one batch-1 forward pass (a traced call, as a serving loop would make)."""
-    from models.tf_env import tf
+    from feredge.models.tf_env import tf
 
     x = tf.constant(np.random.default_rng(0).random((1, *input_shape), dtype=np.float32))
     call = tf.function(lambda t: model(t, training=False))
@@ -33,11 +33,11 @@ def keras_ms_per_face(model, input_shape, runs: int = 200, warmup: int = 20) -> 
 
 
 def describe_run(run: str | Path, data, split: str | None) -> dict:
-    from models.architectures import count_macs
-    from models.datasets import load_dataset
-    from models.evaluate import evaluate_model
-    from models.run_dir import base_run, locate_model, run_record
-    from models.model_io import load_keras_model
+    from feredge.models.architectures import count_macs
+    from feredge.models.datasets import load_dataset
+    from feredge.models.evaluate import evaluate_model
+    from feredge.models.run_dir import base_run, locate_model, run_record
+    from feredge.models.model_io import load_keras_model
 
     run = Path(run)
     files = locate_model(run)
@@ -149,7 +149,7 @@ def _num(value, fmt: str) -> str:
 
 
 def add_arguments(p) -> None:
-    from models.model_io import add_trust_argument
+    from feredge.models.model_io import add_trust_argument
 
     add_trust_argument(p)
     p.add_argument("runs", nargs="+", help="run directories written by feredge train")

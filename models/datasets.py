@@ -24,8 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.fileio import read_image
-from edge.labels import FER2013_CSV_ORDER, FER2013_LABELS, NON_FER_CLASSES, canonical_label
+from feredge.edge.fileio import read_image
+from feredge.edge.labels import FER2013_CSV_ORDER, FER2013_LABELS, NON_FER_CLASSES, canonical_label
 
 log = logging.getLogger("feredge.data")
 

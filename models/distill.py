@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.preprocess import preprocess
-from edge.tta import flip_averaged
+from feredge.edge.preprocess import preprocess
+from feredge.edge.tta import flip_averaged
 
 log = logging.getLogger("feredge.distill")
 
@@ -38,8 +38,8 @@ def soften(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 
 def load_teacher(teacher: str | Path, classes):
     """A teacher's Keras model, preprocessing spec and the column order that puts its classes in `classes` order."""
-    from models.run_dir import locate_model
-    from models.model_io import load_keras_model
+    from feredge.models.run_dir import locate_model
+    from feredge.models.model_io import load_keras_model
 
     files = locate_model(teacher)
     if files.spec is None or files.labels is None:
@@ -76,8 +76,8 @@ def describe_teacher(teacher: str | Path) -> dict:
     """What identifies a teacher and what it cost, read now: its folder may later hold another model."""
     import json
 
-    from edge.bundle import sha256_file
-    from models.run_dir import locate_model, run_record
+    from feredge.edge.bundle import sha256_file
+    from feredge.models.run_dir import locate_model, run_record
 
     files = locate_model(teacher)
     folder = Path(files.model).parent
@@ -88,7 +88,7 @@ def describe_teacher(teacher: str | Path) -> dict:
     accuracy = json.loads(metrics[0].read_text()).get("accuracy") if metrics else None
     arch = record["config"].get("arch")
     if arch is None:  # a shipped folder from before it kept config.json: the network's own name
-        from models.model_io import load_keras_model
+        from feredge.models.model_io import load_keras_model
         arch = load_keras_model(files.model).name
     return {"path": str(teacher), "model_sha256": sha256_file(files.model), "arch": arch, "test_accuracy": accuracy,
             "training_hours": sum(seconds) / 3600 if seconds else None, "epochs": len(seconds) or None}

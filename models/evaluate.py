@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.metrics import classification_report, format_confusion, format_report
-from edge.fileio import write_text_atomic
-from edge.preprocess import PreprocessSpec, preprocess
-from edge.tta import flip_averaged
-from models.datasets import LabelledImages
+from feredge.benchmarks.metrics import classification_report, format_confusion, format_report
+from feredge.edge.fileio import write_text_atomic
+from feredge.edge.preprocess import PreprocessSpec, preprocess
+from feredge.edge.tta import flip_averaged
+from feredge.models.datasets import LabelledImages
 
 log = logging.getLogger("feredge.eval")
 
@@ -82,7 +82,7 @@ def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
                 f"{format_robustness(report)}\n"
     write_text_atomic(out_dir / "report.txt", text)
     try:
-        from benchmarks.plots import plot_confusion, plot_robustness
+        from feredge.benchmarks.plots import plot_confusion, plot_robustness
         plot_confusion(np.array(report["confusion_matrix"]), report["labels"], out_dir / "confusion.png", title=title)
         if report.get("robustness"):
             plot_robustness(report["accuracy"], report["robustness"], out_dir / "robustness.png", title=title)
@@ -104,7 +104,7 @@ def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = 
     preprocess.json beside it; an artifact's bundle already records both. limit: score that many
     faces spread evenly over the set (a fixed subset).
     """
-    from models.datasets import load_dataset
+    from feredge.models.datasets import load_dataset
 
     if Path(model_path).suffix.lower() in ARTIFACT_SUFFIXES:
         if labels is not None or preprocess:
@@ -133,9 +133,9 @@ ARTIFACT_SUFFIXES = (".tflite", ".onnx", ".xml")
 
 def _load_keras(model_path, labels=None, preprocess: dict | None = None):
     """(model, spec, labels, file) for a run directory or a Keras model file."""
-    from edge import preprocess_flags
-    from models.model_io import UnsafeModelError, load_keras_model
-    from models.run_dir import locate_model, resolve_labels
+    from feredge.edge import preprocess_flags
+    from feredge.models.model_io import UnsafeModelError, load_keras_model
+    from feredge.models.run_dir import locate_model, resolve_labels
 
     files = locate_model(model_path)
     if files.spec is None:  # refuse before loading TensorFlow and the model
@@ -172,8 +172,8 @@ class _ArtifactModel:
 def _load_artifact(path: Path):
     """(model, spec, labels, file) for an artifact listed in the manifest of its bundle (the
     artifact's folder, or the one above for openvino/), checked against the manifest's sha256."""
-    from edge.backends import open_artifact
-    from edge.bundle import MANIFEST, Bundle
+    from feredge.edge.backends import open_artifact
+    from feredge.edge.bundle import MANIFEST, Bundle
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such artifact file")

@@ -1,6 +1,6 @@
 """Ship a trained run as the kit's default model and write its MODEL_CARD.md from measured figures.
 
-    python -m models.model_card runs/edge --data path/to/fer2013 --compare comparison.json
+    python -m feredge.models.model_card runs/edge --data path/to/fer2013 --compare comparison.json
 
 copies model.keras, preprocess.json and labels.json into models/pretrained/ with the run's small
 record files (config, history, final state, teachers), so the shipped folder stays a run that
@@ -10,7 +10,7 @@ the comparison records as comparison.json, and writes MODEL_CARD.md: every numbe
 comes from this evaluation, the run's own history and config, or the `feredge compare` records
 given with --compare. Sections of the old card between <!-- hand-written --> markers are kept.
 
-    python -m models.model_card --comparison-only --compare comparison.json
+    python -m feredge.models.model_card --comparison-only --compare comparison.json
 
 rewrites only the card's comparison section (and comparison.json), for a seed network trained
 after the shipped model.
@@ -24,43 +24,72 @@ import statistics
 import sys
 from pathlib import Path
 
-from edge.fileio import write_text_atomic
-from edge.paths import PRETRAINED_DIR
-from models import git_models
+from feredge.edge.fileio import write_text_atomic
+from feredge.edge.paths import PRETRAINED_DIR
+from feredge.models import git_models
 
 COMPARED_SEEDS = ("seed001", "seed003", "seed000")  # the seed networks the card compares the model with
 
 LIMITATIONS = """\
-- **Label noise and duplicates.** FER-2013 was collected by image search and labelled quickly;
-  about 1,500 groups of byte-identical images exist, some across train and test, a few with
-  conflicting labels. Human accuracy on it is often quoted near 65 %; the test figures here
-  include those errors.
-- **Demographic bias.** The faces come from web searches; age, skin tone and gender are not
-  balanced and were not audited here. Expect uneven accuracy across groups.
-- **Posed versus spontaneous.** Many images are posed or exaggerated expressions; subtle,
-  spontaneous expressions in front of a camera are harder, and a single frame is ambiguous
-  (the runtime smooths over frames for that reason).
-- **Input assumptions.** A roughly frontal face, cropped by a face detector with the margin in
-  `preprocess.json`, 48x48 grayscale. Profile views, occlusion (masks, hands), strong
-  backlight and very small faces degrade it; `disgust` is rare in training and recalled poorly.
+- **Label noise and duplicates.** About 1,500 groups of byte-identical FER-2013 images exist,
+  some across train and test, a few with conflicting labels. Human accuracy on it is often
+  quoted near 65 %; the test figures include those errors.
+- **One test set.** PublicTest was used to judge every candidate model, so its figure is
+  somewhat optimistic; two seeds of one recipe differ by up to 40 faces (1.1 points) here.
+- **Demographic coverage.** The faces come from web searches; age, skin tone and gender are not
+  balanced and were not audited. Expect uneven accuracy across groups.
+- **Posed versus spontaneous.** Many images are posed or exaggerated; subtle, spontaneous
+  expressions are harder, and a single frame is ambiguous (the runtime smooths over frames).
+- **Input assumptions.** A roughly frontal face, cropped by a face detector, 48x48 grayscale.
+  Profile views, occlusion (masks, hands), strong backlight and small faces degrade it
+  (`feredge eval --perturb` measures how much); `fear` and `sad` are the weakest classes.
 """
 
-USES = """\
-**Intended:** research, teaching and prototyping of on-device expression recognition; aggregate,
-consented, non-identifying measurements (for example how a demo audience reacts over time);
-benchmarking edge runtimes.
+INTENDED_USE = """\
+Research, teaching and prototyping of on-device facial-expression recognition; benchmarking edge
+runtimes; aggregate, consented, non-identifying measurements (say, a demo audience over a
+session). The output is a guess at which of seven expression categories a face crop resembles,
+not a measurement of what anyone feels.
+"""
 
-**Not intended:** decisions about individuals (hiring, policing, education, health, credit),
-inferring emotions or mental states as facts, surveillance, or any use without the informed
-consent of the people filmed. Facial expressions are not reliable readouts of inner states.
+OUT_OF_SCOPE = """\
+- Decisions about individuals: hiring, admission, grading, policing, border control, credit,
+  insurance, health or mental-health assessment.
+- Inferring emotions, intentions, honesty or mental states as facts.
+- Surveillance or monitoring of people who have not given informed consent; identifying people.
+- Children, clinical populations or any group the training data does not represent, without a
+  new evaluation on that group.
+"""
+
+DATA_TEXT = """\
+FER-2013 (Goodfellow et al., ICML 2013 workshop): 48x48 grayscale faces found by web image search
+and labelled quickly into seven classes; 28,709 training faces (disgust only 436) and 3,589
+PublicTest faces (56 disgust). The shipped sample in `models/sample/` holds 50 PublicTest faces per
+class; the full data set is not part of the repository.
+"""
+
+ETHICS = """\
+- **Expressions are not emotions.** A face can show a category without the feeling, and the
+  feeling without the face; culture, context, disability and personal style change how
+  expressions look. The model labels appearance; it cannot infer inner states.
+- **Consent.** Film and analyse people only with their informed consent, tell them what is
+  measured, and keep no more than you need (`feredge run` stores no images unless `--record`).
+- **Surveillance.** A small device does not make covert monitoring acceptable; expression
+  analysis of workers, students or the public chills behaviour and may be unlawful (the EU AI
+  Act restricts emotion recognition at work and in education).
+- **Bias.** Accuracy across age, sex, skin tone and ethnicity was not measured and is likely
+  uneven: evaluate on the population you serve before any use.
+- **No decisions about people.** Do not use the output, alone or with other signals, to decide
+  anything about a person.
 """
 
 
 def card_text(run: Path, report: dict, config: dict, history: dict, params: int, macs: int,
               comparison: list[dict] | None, data: str, teachers: list[dict] | None = None,
               kept: list[str] = (), soup: dict | None = None) -> str:
-    from models.architectures import ARCHITECTURES
-    from models.run_dir import base_run
+    from feredge.edge.device import describe_host, host_record
+    from feredge.models.architectures import ARCHITECTURES
+    from feredge.models.run_dir import base_run
 
     seconds = history.get("seconds", [])
     base = base_run(config)
@@ -74,15 +103,20 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         for label, v in report["per_class"].items())
     lines = [
         f"# Model card: `{config.get('arch', 'model')}`", "",
-        f"The default model of feredge: {params:,} parameters, {macs / 1e6:.1f} M multiply-accumulates "
+        f"The default model of feredge: a facial-expression classifier for face crops "
+        f"({', '.join(report['per_class'])}). {params:,} parameters, {macs / 1e6:.1f} M multiply-accumulates "
         f"per 48x48 face, **{100 * report['accuracy']:.2f} % accuracy and {report['macro_f1']:.4f} macro-F1** "
         f"on the {report['num_samples']:,} FER-2013 PublicTest faces.", "",
-        "## Architecture", "",
+        "## Intended use", "", INTENDED_USE,
+        "## Out-of-scope uses", "", OUT_OF_SCOPE,
+        "## Model", "",
         " ".join((ARCHITECTURES[config["arch"]].__doc__ or "").split())
         + f" Defined in `models/architectures.py` (`{config['arch']}`).", "",
+        "## Training data", "",
+        f"The `{config.get('train_split')}` split of `{config.get('data')}`; validation: "
+        f"`{config.get('val')}`; nothing else.", "", DATA_TEXT,
+        "## Preprocessing", "", _preprocessing_text(run, config), "",
         "## Training", "",
-        f"Data: the `{config.get('train_split')}` split of `{config.get('data')}`; validation: "
-        f"`{config.get('val')}`; nothing else.", "",
         "```bash", *commands, "```", "",
         *([_fine_tune_text(config, base, stage_hours), ""] if config.get("init_from") else []),
         *([_soup_text(soup, hours), ""] if soup else []),
@@ -104,9 +138,10 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
            if config.get("teachers") else ""),
         "",
         "![training curves](history.png)", "",
-        "## Evaluation", "",
-        f"On {data}: accuracy {100 * report['accuracy']:.2f} %, macro-F1 {report['macro_f1']:.4f}, "
-        f"weighted F1 {report['weighted_f1']:.4f}. Reproduce: `feredge eval --data {data}`.", "",
+        "## Metrics", "",
+        f"Keras (float32) on the {report['num_samples']:,} faces of the test split of `{data}`, measured on "
+        f"{describe_host(host_record())}: accuracy {100 * report['accuracy']:.2f} %, macro-F1 "
+        f"{report['macro_f1']:.4f}, weighted F1 {report['weighted_f1']:.4f}. Reproduce: `feredge eval --data {data}`.", "",
         "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|", per_class, "",
         "![confusion matrix](confusion.png)", "",
     ]
@@ -114,30 +149,67 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         lines += comparison_section(comparison)
     for block in kept:
         lines += [block, ""]
-    lines += ["## Known limitations", "", LIMITATIONS, "## Intended and unintended uses", "", USES]
+    lines += ["## Known limitations", "", LIMITATIONS, "## Ethical considerations", "", ETHICS]
     return "\n".join(lines)
+
+
+NORMALIZATION = {"unit": "x/255", "symmetric": "x/127.5-1", "zscore": "(x/255-mean)/std"}
+
+
+def _preprocessing_text(run: Path, config: dict) -> str:
+    """The preprocessing spec in words, from the run's preprocess.json (else its config)."""
+    spec_file = Path(run) / "preprocess.json"
+    spec = json.loads(spec_file.read_text()) if spec_file.is_file() else {}
+    size = f"{spec['height']}x{spec['width']}" if spec.get("height") else "the network's input size"
+    colour = "RGB" if spec.get("channels") == 3 else "grayscale"
+    normalize = spec.get("normalize") or config.get("normalize") or "unit"
+    stats = (f" (mean {spec['mean']}, std {spec['std']})" if normalize == "zscore" and spec.get("mean") is not None
+             else "")
+    flip = spec.get("flip_average", config.get("flip_average"))
+    return (f"One spec, `preprocess.json`, travels with the model into every bundle and is applied by "
+            f"`edge/preprocess.py` in training, export, the runtime and the benchmarks: the face box from the "
+            f"detector with margin {spec.get('margin', 0.0)}, {colour}, resized to {size}, histogram equalisation "
+            f"`{spec.get('equalize') or config.get('equalize')}`, normalisation `{normalize}` "
+            f"({NORMALIZATION.get(normalize, normalize)}){stats}; test-time flip averaging "
+            f"{'on' if flip else 'off'}. Augmentation applies in training only.")
 
 
 COMPARISON_HEADING = "## Comparison with the seed networks"
 
 
 def comparison_section(rows: list[dict]) -> list[str]:
-    """The card's comparison: seeds in the papers' order (the order the project's issue lists them), then ours."""
-    from models.compare import format_markdown
-
+    """The card's comparison, one short table: the seeds in the papers' order (the order the project's issue
+    lists them), then the latest record of each of our networks. Every record stays in comparison.json."""
     rank = {name: i for i, name in enumerate(COMPARED_SEEDS)}
-    rows = sorted(rows, key=lambda r: rank.get(r["arch"], len(rank)))  # stable: our own rows keep their order
+    latest = {r["arch"]: r for r in rows}  # the last record of each network
+    shown = sorted(latest.values(), key=lambda r: rank.get(r["arch"], len(rank)))  # stable: ours keep their order
     lines = [COMPARISON_HEADING, "",
-             "Same data, same test split, measured on this 2-core x86 machine "
-             "(`feredge compare RUN... --data DATA`):", "", format_markdown(rows)]
-    missing = [name for name in COMPARED_SEEDS if name not in {r["arch"] for r in rows}]
+             "Same training data and test split, Keras (float32) on 2-core x86_64 hosts "
+             "(`feredge compare RUN... --data DATA`); MACs per 48x48 face:", "",
+             "| network | accuracy | macro-F1 | weakest class (recall) | parameters | MACs |",
+             "|---|---:|---:|---|---:|---:|"]
+    for r in shown:
+        weakest = min(r["recall"], key=r["recall"].get) if r["recall"] else None
+        lines.append(f"| {_row_name(r)} | {100 * r['accuracy']:.2f} % | {r['macro_f1']:.4f} | "
+                     + (f"{weakest} {100 * r['recall'][weakest]:.1f} %" if weakest else "-")
+                     + f" | {r['parameters']:,} | {r['macs'] / 1e6:.1f} M |")
+    lines.append("")
+    missing = [name for name in COMPARED_SEEDS if name not in latest]
     if missing:
         lines += [f"Not in this table yet: {', '.join(f'`{m}`' for m in missing)}.", ""]
-    if any(r.get("note") for r in rows):
-        lines += ["A note in brackets says how a row's run departs from the recipe or when it was measured. "
-                  "Every row is kept in models/pretrained/comparison.json: run folders here cannot be "
-                  "counted on to outlive a working session.", ""]
+    if len(shown) < len(rows):
+        lines += [f"All {len(rows)} records (earlier models, runs not shipped, recall per class, training time) "
+                  "are kept in `comparison.json`; their story is in "
+                  "[docs/experiments.md](../../docs/experiments.md).", ""]
     return lines
+
+
+def _row_name(row: dict) -> str:
+    """A row's network and the first clause of its note: `edge (SGD; shipped)`."""
+    name, note = row.get("label") or row["arch"], (row.get("note") or "").split(";")[0].strip()
+    if not note:
+        return name
+    return f"{name[:-1]}; {note})" if name.endswith(")") else f"{name} ({note})"
 
 
 def replace_comparison(card: str, rows: list[dict]) -> str:
@@ -159,7 +231,7 @@ def replace_comparison(card: str, rows: list[dict]) -> str:
 def update_comparison(comparison_file: str | Path, out: Path = PRETRAINED_DIR) -> list[dict]:
     """Put new comparison records into the shipped card and comparison.json without re-shipping the
     model: for a seed network trained after the shipped model, whose own run folder is gone."""
-    from models.compare import load_rows
+    from feredge.models.compare import load_rows
 
     rows = load_rows(comparison_file)
     card_file = out / "MODEL_CARD.md"
@@ -220,7 +292,7 @@ def _optimizer_text(config: dict) -> str:
 
 def _train_command(config: dict, base: dict | None = None) -> str:
     """The `feredge train` line that reproduces a run: every setting that differs from the default."""
-    from models.train import TrainConfig
+    from feredge.models.train import TrainConfig
 
     defaults = TrainConfig(data="")
     out = f"runs/{config.get('arch')}" + ("-finetuned" if base else "")
@@ -241,7 +313,7 @@ def _train_command(config: dict, base: dict | None = None) -> str:
 
 
 def _base_sha(config: dict) -> str | None:
-    from edge.bundle import sha256_file
+    from feredge.edge.bundle import sha256_file
 
     try:
         model = git_models.resolve(config["init_from"]) / "model.keras"
@@ -272,7 +344,7 @@ def _teacher_text(teachers: list[dict], hours: float, base_sha: str | None = Non
 
 
 def _teachers(run: Path, config: dict) -> list[dict]:
-    from models.distill import TEACHERS_FILE, describe_teacher
+    from feredge.models.distill import TEACHERS_FILE, describe_teacher
 
     recorded = run / TEACHERS_FILE
     if recorded.is_file():
@@ -311,11 +383,11 @@ def _palette_png(path: Path) -> None:
 
 
 def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Path = PRETRAINED_DIR) -> dict:
-    from models.architectures import count_macs
-    from models.compare import load_rows
-    from models.evaluate import evaluate_path
-    from models.run_dir import run_record
-    from models.model_io import load_keras_model
+    from feredge.models.architectures import count_macs
+    from feredge.models.compare import load_rows
+    from feredge.models.evaluate import evaluate_path
+    from feredge.models.run_dir import run_record
+    from feredge.models.model_io import load_keras_model
 
     run = Path(run)
     report = evaluate_path(run, data, "test", out_dir=run / "test-eval")
@@ -356,7 +428,7 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.model_card", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m feredge.models.model_card", description=__doc__.split("\n\n")[0])
     p.add_argument("run", nargs="?", help="the run directory to ship")
     p.add_argument("--data", help="FER-2013 with a test split (folder or CSV); needed to ship a run")
     p.add_argument("--compare", help="records written by 'feredge compare ... --out FILE' (its .json)")

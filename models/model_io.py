@@ -105,7 +105,7 @@ def check_safe(path, trust: bool | None = None) -> None:
 
 def load_keras_model(path, *, compile: bool = False, trust: bool | None = None):
     """keras.models.load_model, after check_safe; Keras's own safe mode stays on unless trusted."""
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     trust = trusted() if trust is None else trust
     check_safe(path, trust)

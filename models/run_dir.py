@@ -11,9 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from edge.fileio import write_text_atomic
-from edge.preprocess import PreprocessSpec
-from models import git_models
+from feredge.edge.fileio import write_text_atomic
+from feredge.edge.preprocess import PreprocessSpec
+from feredge.models import git_models
 
 MODEL_FILE = "model.keras"
 SPEC_FILE = "preprocess.json"

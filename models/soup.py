@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import sha256_file
-from edge.fileio import write_text_atomic
-from models.run_dir import LABELS_FILE, MODEL_FILE, SPEC_FILE, locate_model, run_record
+from feredge.edge.bundle import sha256_file
+from feredge.edge.fileio import write_text_atomic
+from feredge.models.run_dir import LABELS_FILE, MODEL_FILE, SPEC_FILE, locate_model, run_record
 
 log = logging.getLogger("feredge.soup")
 
@@ -45,7 +45,7 @@ def mean_weights(weight_lists: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 
 def _load_members(runs: list[str]):
-    from models.model_io import load_keras_model
+    from feredge.models.model_io import load_keras_model
 
     if len(runs) < 2:
         raise ValueError("averaging needs at least two runs")
@@ -69,8 +69,8 @@ def _member(run: str, files) -> dict:
 def average_runs(runs: list[str], out: str | Path, *, data: str | None = None, overwrite: bool = False) -> Path:
     """Write the weight average of `runs` (run folders or git:REV) to `out`, batch norm recalibrated
     on `data`'s train split (default: the data the first run was trained on)."""
-    from models.swa import recalibrate_batchnorm
-    from models.train import TrainConfig, _load_splits, epoch_batches
+    from feredge.models.swa import recalibrate_batchnorm
+    from feredge.models.train import TrainConfig, _load_splits, epoch_batches
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -113,7 +113,7 @@ def average_runs(runs: list[str], out: str | Path, *, data: str | None = None, o
 
 
 def add_arguments(p) -> None:
-    from models.model_io import add_trust_argument
+    from feredge.models.model_io import add_trust_argument
 
     add_trust_argument(p)
     p.add_argument("runs", nargs="+", help="run folders or git:REV of one network, fine-tuned from the same weights")

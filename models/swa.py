@@ -52,7 +52,7 @@ class WeightAverage:
 
 
 def batchnorm_layers(model) -> list:
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     found = []
     for layer in model.layers:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.fileio import write_text_atomic
-from edge.preprocess import PreprocessSpec, fit_zscore, preprocess
-from models import git_models
-from models.augment import PRESETS, augment_batch
-from models.datasets import LabelledImages, load_dataset, stratified_split
-from models.run_dir import LABELS_FILE, MODEL_FILE, SPEC_FILE, save_labels
+from feredge.edge.fileio import write_text_atomic
+from feredge.edge.preprocess import PreprocessSpec, fit_zscore, preprocess
+from feredge.models import git_models
+from feredge.models.augment import PRESETS, augment_batch
+from feredge.models.datasets import LabelledImages, load_dataset, stratified_split
+from feredge.models.run_dir import LABELS_FILE, MODEL_FILE, SPEC_FILE, save_labels
 
 log = logging.getLogger("feredge.train")
 
@@ -130,7 +130,7 @@ NO_DECAY = ("bias", "_bn/", "batch_normalization")
 
 
 def build_optimizer(cfg: TrainConfig):
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     decay = cfg.weight_decay or None
     if cfg.optimizer == "sgd":
@@ -152,7 +152,7 @@ def _exclude_from_weight_decay(opt, built: bool = False) -> None:
 
 def load_checkpoint_model(path: Path):
     """A checkpointed model with its optimizer state, decaying the same variables as before."""
-    from models.model_io import load_keras_model
+    from feredge.models.model_io import load_keras_model
 
     model = load_keras_model(path, compile=True)
     _exclude_from_weight_decay(model.optimizer, built=True)
@@ -209,7 +209,7 @@ def training_targets(cfg: TrainConfig, run: Path, train_set: LabelledImages, res
     onehot = np.eye(len(train_set.classes), dtype=np.float32)[train_set.labels]
     if not cfg.teachers:
         return onehot
-    from models.distill import TARGETS_FILE, TEACHERS_FILE, build_targets, describe_teacher
+    from feredge.models.distill import TARGETS_FILE, TEACHERS_FILE, build_targets, describe_teacher
 
     stored = run / TARGETS_FILE
     if resume and stored.exists():
@@ -255,7 +255,7 @@ def _save_checkpoint(run: Path, model, state: TrainState, average=None) -> None:
     model.save(tmp / "last.keras")
     (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=1))
     if average is not None and average.count:
-        from models.swa import AVERAGE_FILE
+        from feredge.models.swa import AVERAGE_FILE
         average.save(tmp / AVERAGE_FILE)
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -276,7 +276,7 @@ def _save_model_atomic(model, path: Path, float32_twin=None) -> None:
 
     A mixed-precision model is saved as its float32 twin (same layers, float32 compute), so that
     export, evaluation and the devices never see bf16 layers."""
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     bare = float32_twin() if float32_twin else keras.models.clone_model(model)
     bare.set_weights(model.get_weights())
@@ -291,8 +291,8 @@ def _float32_builder(cfg: "TrainConfig", spec: PreprocessSpec, num_classes: int)
         return None
 
     def build():
-        from models.architectures import build_model
-        from models.tf_env import keras
+        from feredge.models.architectures import build_model
+        from feredge.models.tf_env import keras
 
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("float32")
@@ -337,8 +337,8 @@ def resume(run: str | Path, *, epochs: int | None = None, verbose: int | None = 
 
 
 def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
-    from models.architectures import build_model, count_macs
-    from models.tf_env import generator_dataset, keras
+    from feredge.models.architectures import build_model, count_macs
+    from feredge.models.tf_env import generator_dataset, keras
 
     resume = ckpt is not None
     run = Path(cfg.out)
@@ -355,7 +355,7 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
     if resume:
         spec = PreprocessSpec.load(run / SPEC_FILE)
     else:
-        from models.architectures import DEFAULT_INPUT, ARCHITECTURES
+        from feredge.models.architectures import DEFAULT_INPUT, ARCHITECTURES
         if cfg.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {cfg.arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
         h, w, c = DEFAULT_INPUT[cfg.arch]
@@ -441,7 +441,7 @@ def time_left(epoch_seconds: list[float], epochs_left: int) -> str:
 
 def _load_initial_weights(model, source: str) -> None:
     """Start from a trained model's weights (fine-tuning); the architecture must match exactly."""
-    from models.model_io import load_keras_model
+    from feredge.models.model_io import load_keras_model
 
     path = git_models.resolve(source)
     if path.is_dir():
@@ -460,7 +460,7 @@ def _load_initial_weights(model, source: str) -> None:
 def _weight_average(cfg: TrainConfig, ckpt: Path | None):
     if not cfg.swa_epochs:
         return None
-    from models.swa import AVERAGE_FILE, WeightAverage
+    from feredge.models.swa import AVERAGE_FILE, WeightAverage
 
     if ckpt is not None and (ckpt / AVERAGE_FILE).exists():
         return WeightAverage.load(ckpt / AVERAGE_FILE)
@@ -469,7 +469,7 @@ def _weight_average(cfg: TrainConfig, ckpt: Path | None):
 
 def _finish_average(cfg, state, model, average, run, spec, train_set, weights, targets, views, x_val, y_val) -> None:
     """Load the averaged weights, measure their batch-norm statistics and save them as the run's model."""
-    from models.swa import recalibrate_batchnorm
+    from feredge.models.swa import recalibrate_batchnorm
 
     model.set_weights(average.as_model_weights(model.get_weights()))
     recalibrate_batchnorm(model, (x for x, _, _ in epoch_batches(train_set, spec, cfg, cfg.epochs, weights, targets,
@@ -507,8 +507,8 @@ def _track_progress(cfg: TrainConfig, state: TrainState, metrics: dict, epoch: i
 
 def finish_run(run: Path, val_set: LabelledImages, spec: PreprocessSpec, classes, state: TrainState) -> dict:
     """Evaluate the best model on the validation set and write curves, metrics and plots."""
-    from models.evaluate import evaluate_model, write_evaluation
-    from models.model_io import load_keras_model
+    from feredge.models.evaluate import evaluate_model, write_evaluation
+    from feredge.models.model_io import load_keras_model
 
     model = load_keras_model(run / MODEL_FILE)
     report = evaluate_model(model, val_set, spec, classes)
@@ -518,7 +518,7 @@ def finish_run(run: Path, val_set: LabelledImages, spec: PreprocessSpec, classes
         report["averaged_epochs"] = state.swa_averaged
     write_evaluation(report, run / "eval", title=f"{run.name} on validation")
     try:
-        from benchmarks.plots import plot_history
+        from feredge.benchmarks.plots import plot_history
         plot_history(state.history, run / "history.png", title=run.name)
     except ImportError:
         log.warning("matplotlib is not installed: no history.png")

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.labels import FER2013_LABELS
+from feredge.edge.labels import FER2013_LABELS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # OpenVINO on the AVX2 code path whatever the CPU, so a test's verdict does not depend on whether

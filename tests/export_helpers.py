@@ -1,7 +1,7 @@
 """Models the export tests build: networks "nobody here wrote"."""
 from __future__ import annotations
 
-from models.tf_env import keras
+from feredge.models.tf_env import keras
 
 
 def user_model(classes=5, size=64, seed=0):

@@ -29,9 +29,9 @@ _bundle_path: Path | None = None
 
 
 def feredge(*args, cwd=None, timeout=300, env=None):
-    """`python -m edge.cli ARGS` in a subprocess, as a user runs it."""
+    """`python -m feredge.edge.cli ARGS` in a subprocess, as a user runs it."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], cwd=cwd or REPO, env=full_env,
+    return subprocess.run([sys.executable, "-m", "feredge.edge.cli", *map(str, args)], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -74,7 +74,7 @@ def build_test_bundle(cache_dir: Path) -> Path:
 def _build_bundle(out: Path) -> None:
     """allow_drop: the bundle is built whatever its verification says, so that one artifact that
     misses a rule on some CPU fails the tests about it, not every test that needs a bundle."""
-    from export import export_model
+    from feredge.export import export_model
 
     export_model(MODEL_DIR, out, formats=("tflite", "onnx", "openvino"), precisions=("fp32", "int8"),
                  allow_drop=True, progress=False)
@@ -90,7 +90,7 @@ def build_test_video(folder: Path, faces: int) -> tuple[Path, dict]:
     over it (reference agreement) depend on the pipeline, not on which few faces were drawn. The
     1-face video holds each face 2 s (two faces), for the detector tests that follow one face.
     """
-    from edge.testvideo import make_test_video
+    from feredge.edge.testvideo import make_test_video
 
     if faces not in _videos or not _videos[faces][0].is_file():
         path = Path(folder) / f"faces{faces}.mp4"

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("tf_keras")
 
-from models.architectures import ARCHITECTURES, build_model, count_macs  # noqa: E402
+from feredge.models.architectures import ARCHITECTURES, build_model, count_macs  # noqa: E402
 
 
 @pytest.mark.parametrize("name, params", [("seed001", 106_503), ("seed003", 1_375_175), ("seed002", 3_692_390)])

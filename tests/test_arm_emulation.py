@@ -1,4 +1,4 @@
-"""benchmarks.arm_emulation's pieces, on the host: the commands it builds and the steps it runs.
+"""feredge.benchmarks.arm_emulation's pieces, on the host: the commands it builds and the steps it runs.
 
 The emulation itself needs root, apt and minutes per step, so it is not part of the suite; here the
 same steps run on the host's Python instead of qemu, through the same runner and report.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import arm_emulation as arm
+from feredge.benchmarks import arm_emulation as arm
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "models" / "pretrained" / "bundle"
@@ -55,7 +55,7 @@ def test_the_steps_run_and_report_through_the_same_runner_on_the_host(tmp_path):
     assert info["passed"] and "tflite" in info["can_run"]
     scored = arm.run_step([sys.executable], env, steps["eval tflite-int8"], timeout=300)
     assert scored["passed"] and scored["faces"] == 35 and 0.4 < scored["accuracy"] <= 1.0
-    broken = arm.run_step([sys.executable], env, ["-m", "edge.cli", "eval", "--model", "/nonexistent.tflite"], 300)
+    broken = arm.run_step([sys.executable], env, ["-m", "feredge.edge.cli", "eval", "--model", "/nonexistent.tflite"], 300)
     assert not broken["passed"] and broken["exit"] == 2 and "no such artifact file" in broken["last_error"]
     table = arm.to_markdown({"host": "h", "qemu": "q", "note": "n", "wheels": "w",
                              "cpus": {"cortex-a72": {"eval tflite-int8": scored, "info": info}}})

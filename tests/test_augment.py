@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.augment import PRESETS, AugmentSpec, augment_batch
+from feredge.models.augment import PRESETS, AugmentSpec, augment_batch
 
 RNG = np.random.default_rng(3)
 

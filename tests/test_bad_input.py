@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import main
-from edge.paths import DEFAULT_BUNDLE
+from feredge.edge.cli import main
+from feredge.edge.paths import DEFAULT_BUNDLE
 
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
@@ -217,7 +217,7 @@ def tiny_fs(tmp_path):
 
 
 def test_a_recording_that_fills_the_disk_is_an_error_not_a_success(tiny_fs, tmp_path, capsys):
-    from edge.testvideo import make_test_video
+    from feredge.edge.testvideo import make_test_video
 
     video = tmp_path / "v.mp4"
     make_test_video(video, 1, seconds=2.0, fps=10.0, seed=3)
@@ -240,7 +240,7 @@ def test_a_read_only_file_system_is_one_line(tiny_fs, capsys):
 
 
 def test_a_truncated_openvino_ir_names_the_cause(tmp_path):
-    from edge.backends import BackendError, open_artifact
+    from feredge.edge.backends import BackendError, open_artifact
 
     shutil.copytree(DEFAULT_BUNDLE / "openvino", tmp_path / "ov")
     weights = tmp_path / "ov" / "model.int8.bin"
@@ -250,19 +250,19 @@ def test_a_truncated_openvino_ir_names_the_cause(tmp_path):
 
 
 def test_ctrl_c_during_export_exits_130_like_run(monkeypatch, capsys, tmp_path):
-    import export.pipeline
+    import feredge.export.pipeline as export_pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export.pipeline, "export_model", interrupted)
+    monkeypatch.setattr(export_pipeline, "export_model", interrupted)
     assert main(["export", "--out", str(tmp_path / "b")]) == 130
     assert "interrupted; nothing half-written was kept" in capsys.readouterr().err
 
 
 def test_a_failed_training_leaves_no_empty_folder_and_never_overwrites_a_stranger(tmp_path):
     pytest.importorskip("tf_keras")
-    from models.train import TrainConfig, train
+    from feredge.models.train import TrainConfig, train
 
     (tmp_path / "empty-data").mkdir()
     out = tmp_path / "run"
@@ -291,8 +291,8 @@ def test_a_bench_in_which_every_artifact_failed_exits_3(tmp_path, capsys):
 def test_auto_moves_on_when_an_artifact_does_not_open_here(tmp_path, caplog):
     """As an OpenVINO IR that does not compile on a Cortex-A72: the recommendation names it, it
     fails to load, and run --backend auto says so in one line and runs the next choice."""
-    from edge.bundle import sha256_file
-    from edge.device import device_key
+    from feredge.edge.bundle import sha256_file
+    from feredge.edge.device import device_key
 
     root = tmp_path / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, root)
@@ -329,7 +329,7 @@ def test_eval_without_arguments_on_a_device_without_tensorflow_scores_the_bundle
 
 
 def test_a_sink_that_fails_while_closing_does_not_hide_why_the_run_failed(caplog):
-    from edge.outputs import Sink
+    from feredge.edge.outputs import Sink
 
     class Broken(Sink):
         def close(self):
@@ -345,7 +345,7 @@ def test_a_sink_that_fails_while_closing_does_not_hide_why_the_run_failed(caplog
 
 
 def test_unknown_class_folder_names_a_fix_that_exists(tmp_path):
-    from models.datasets import load_dataset
+    from feredge.models.datasets import load_dataset
 
     (tmp_path / "bored").mkdir()
     import cv2

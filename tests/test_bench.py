@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from benchmarks.harness import BenchOptions, run_bench
-from benchmarks.merge import merge_results
-from benchmarks.recommend import RECOMMENDATION_FILE, apply_gate, recommend
-from benchmarks.report import format_table, to_csv, write_reports
-from edge.bundle import Bundle, sha256_file
+from feredge.benchmarks.harness import BenchOptions, run_bench
+from feredge.benchmarks.merge import merge_results
+from feredge.benchmarks.recommend import RECOMMENDATION_FILE, apply_gate, recommend
+from feredge.benchmarks.report import format_table, to_csv, write_reports
+from feredge.edge.bundle import Bundle, sha256_file
 from runtime_support import SAMPLE_DIR, build_test_bundle, feredge
 
 QUICK = dict(warmup_s=0.02, min_s=0.05, min_runs=5)
@@ -147,8 +147,8 @@ def test_cli_bench_bad_input(tmp_path):
 
 
 def test_end_to_end_rows_on_a_test_video(bundle, tmp_path):
-    from benchmarks.e2e import run_e2e
-    from edge.testvideo import make_test_video
+    from feredge.benchmarks.e2e import run_e2e
+    from feredge.edge.testvideo import make_test_video
 
     video = tmp_path / "one.mp4"
     make_test_video(video, faces=1, seconds=2.0, fps=10.0)

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def feredge(*args, cwd=None, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], cwd=cwd or REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "feredge.edge.cli", *map(str, args)], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -168,7 +168,7 @@ def test_model_card_is_written_from_measured_figures(trained_run, synthetic_data
                 "parameters": 1799591, "macs": 118_100_000, "recall": {"angry": 0.608}}
     (tmp_path / "cmp.json").write_text(json.dumps([kept_row]))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "models.model_card", str(trained_run), "--data",
+    result = subprocess.run([sys.executable, "-m", "feredge.models.model_card", str(trained_run), "--data",
                              str(synthetic_dataset), "--out", str(shipped), "--compare", str(tmp_path / "cmp.json")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -182,7 +182,7 @@ def test_model_card_is_written_from_measured_figures(trained_run, synthetic_data
                  "config.json", "history.json", "state.json", "comparison.json"):
         assert (shipped / name).is_file(), name
     # the shipped folder is a run record of its own: compare reads it like the run it came from
-    from models.run_dir import run_record
+    from feredge.models.run_dir import run_record
     state = run_record(trained_run)["state"]
     assert run_record(shipped)["state"] == {k: v for k, v in state.items() if k != "history"}  # kept once, in history.json
     assert run_record(shipped)["history"] == run_record(trained_run)["history"] == state["history"]
@@ -197,9 +197,9 @@ def test_model_card_training_command_reproduces_the_config():
     import dataclasses
     import shlex
 
-    from models import cli_train
-    from models.model_card import _train_command
-    from models.train import TrainConfig
+    from feredge.models import cli_train
+    from feredge.models.model_card import _train_command
+    from feredge.models.train import TrainConfig
 
     config = dataclasses.asdict(TrainConfig(
         data="fer", arch="edge", out="runs/edge", epochs=100, warmup_epochs=3, label_smoothing=0.1,
@@ -216,8 +216,8 @@ def test_model_card_training_command_reproduces_the_config():
 def test_model_card_of_a_fine_tuned_run_gives_both_stages(tmp_path):
     import dataclasses
 
-    from models.model_card import card_text
-    from models.train import TrainConfig
+    from feredge.models.model_card import card_text
+    from feredge.models.train import TrainConfig
 
     base = tmp_path / "edge"
     base.mkdir()
@@ -244,8 +244,8 @@ def test_model_card_of_a_fine_tuned_run_gives_both_stages(tmp_path):
 def test_model_card_names_teachers_by_hash_and_counts_their_hours(tmp_path):
     import dataclasses
 
-    from models.model_card import card_text
-    from models.train import TrainConfig
+    from feredge.models.model_card import card_text
+    from feredge.models.train import TrainConfig
 
     config = dataclasses.asdict(TrainConfig(data="fer", arch="edge", out="x", epochs=2,
                                             teachers=["models/pretrained"]))
@@ -270,9 +270,9 @@ def test_model_card_names_teachers_by_hash_and_counts_their_hours(tmp_path):
 def test_model_card_counts_a_teacher_that_is_also_the_first_stage_once(tmp_path):
     import dataclasses
 
-    from edge.bundle import sha256_file
-    from models.model_card import card_text
-    from models.train import TrainConfig
+    from feredge.edge.bundle import sha256_file
+    from feredge.models.model_card import card_text
+    from feredge.models.train import TrainConfig
 
     base = tmp_path / "runs" / "edge-long"
     base.mkdir(parents=True)
@@ -293,7 +293,7 @@ def test_model_card_counts_a_teacher_that_is_also_the_first_stage_once(tmp_path)
 
 
 def test_hand_written_sections_are_found_in_order():
-    from models.model_card import hand_written_sections
+    from feredge.models.model_card import hand_written_sections
 
     card = ("a\n<!-- hand-written -->one<!-- /hand-written -->\nb\n"
             "<!-- hand-written -->two<!-- /hand-written -->\n<!-- hand-written -->unclosed")
@@ -302,7 +302,7 @@ def test_hand_written_sections_are_found_in_order():
 
 
 def test_compare_keeps_earlier_records_and_names_how_a_run_was_trained(tmp_path):
-    from models.compare import format_markdown, load_rows, merge_rows, row_label
+    from feredge.models.compare import format_markdown, load_rows, merge_rows, row_label
 
     assert row_label("edge", {}) == "edge"
     assert row_label("edge", {"teachers": ["t"], "init_from": "r"}) == "edge (distilled, fine-tuned)"
@@ -336,7 +336,7 @@ def test_compare_keeps_earlier_records_and_names_how_a_run_was_trained(tmp_path)
 
 
 def test_comparison_only_rewrites_the_table_and_keeps_the_rest_of_the_card(tmp_path, capsys):
-    from models.model_card import main
+    from feredge.models.model_card import main
 
     row = {"arch": "edge", "accuracy": 0.6824, "macro_f1": 0.6737, "parameters": 613639, "macs": 57.1e6,
            "recall": {"angry": 0.589}}

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-import models.datasets as ds
-from edge.labels import FER2013_CSV_ORDER, FER2013_LABELS
-from models.datasets import DatasetError, LabelledImages, load_dataset, stratified_split, write_image_folder
+import feredge.models.datasets as ds
+from feredge.edge.labels import FER2013_CSV_ORDER, FER2013_LABELS
+from feredge.models.datasets import DatasetError, LabelledImages, load_dataset, stratified_split, write_image_folder
 
 RNG = np.random.default_rng(0)
 

@@ -21,14 +21,14 @@ pytest.importorskip("tf_keras")
 pytest.importorskip("tf2onnx")
 pytest.importorskip("openvino")
 
-from edge.bundle import Bundle, sha256_file  # noqa: E402
-from edge.labels import FER2013_LABELS  # noqa: E402
-from edge.preprocess import PreprocessSpec, preprocess  # noqa: E402
-from export import export_model  # noqa: E402
-from export.pipeline import ExportIncomplete  # noqa: E402
-from models.datasets import load_dataset  # noqa: E402
-from models.tf_env import keras  # noqa: E402
-from models.train import TrainConfig, train  # noqa: E402
+from feredge.edge.bundle import Bundle, sha256_file  # noqa: E402
+from feredge.edge.labels import FER2013_LABELS  # noqa: E402
+from feredge.edge.preprocess import PreprocessSpec, preprocess  # noqa: E402
+from feredge.export import export_model  # noqa: E402
+from feredge.export.pipeline import ExportIncomplete  # noqa: E402
+from feredge.models.datasets import load_dataset  # noqa: E402
+from feredge.models.tf_env import keras  # noqa: E402
+from feredge.models.train import TrainConfig, train  # noqa: E402
 from export_helpers import user_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,12 +236,12 @@ def test_summary_table(bundle):
 
 def test_failed_verification_names_the_artifact_and_keeps_the_old_bundle(bundle, trained_run, synthetic_dataset,
                                                                          tmp_path, monkeypatch):
-    import export.verify
+    import feredge.export.verify as export_verify
 
     out = tmp_path / "b"
     shutil.copytree(bundle.root, out)
     before = (out / "manifest.json").read_bytes()
-    monkeypatch.setattr(export.verify, "MIN_AGREEMENT", 1.01)  # nothing can pass
+    monkeypatch.setattr(export_verify, "MIN_AGREEMENT", 1.01)  # nothing can pass
     with pytest.raises(ExportIncomplete, match=r"every artifact \(tflite-fp32: top-1 agreement 100\.00 % .* below "
                                                r"101\.0 %\).*unchanged.*--allow-drop") as failed:
         export_model(trained_run, out, formats="tflite", precisions="fp32", data=synthetic_dataset, progress=False)
@@ -257,10 +257,10 @@ def test_failed_verification_names_the_artifact_and_keeps_the_old_bundle(bundle,
 
 def test_a_rejected_artifact_is_left_out_and_the_others_are_written(trained_run, synthetic_dataset, tmp_path,
                                                                    monkeypatch, capsys):
-    import export.verify
-    from edge.cli import main
+    import feredge.export.verify as export_verify
+    from feredge.edge.cli import main
 
-    monkeypatch.setattr(export.verify, "MAX_ACCURACY_DROP", -0.5)  # int8 would have to gain 50 points
+    monkeypatch.setattr(export_verify, "MAX_ACCURACY_DROP", -0.5)  # int8 would have to gain 50 points
     out = tmp_path / "partial"
     code = main(["export", "--model", str(trained_run), "--out", str(out), "--formats", "tflite", "--precisions",
                  "fp32,int8", "--data", str(synthetic_dataset), "--calib", str(synthetic_dataset / "train"),
@@ -316,7 +316,7 @@ def test_user_model_64x64_rgb_five_classes(synthetic_dataset, tmp_path):
 
 
 def test_user_savedmodel_loads_with_labels_file(tmp_path, monkeypatch):
-    from export.source import load_source
+    from feredge.export.source import load_source
 
     folder = tmp_path / "user" / "sm"
     user_model().save(folder, save_format="tf")
@@ -348,7 +348,7 @@ def _save_with_labels(model, folder: Path, name="model.keras", classes=FER2013_L
 
 
 def test_eval_of_a_bare_model_file_needs_labels_and_preprocessing(synthetic_dataset, tmp_path):
-    from models.evaluate import evaluate_path
+    from feredge.models.evaluate import evaluate_path
 
     path = tmp_path / "bare" / "net.h5"  # nothing beside it
     path.parent.mkdir()
@@ -422,7 +422,7 @@ def _no_leftovers(parent: Path):
 
 
 def test_plan_skips_named_combinations_and_refuses_unknown_ones():
-    from export.pipeline import plan
+    from feredge.export.pipeline import plan
 
     jobs, skipped = plan("tflite,onnx,openvino", "fp32,int8", skip="openvino-fp32")
     assert ("openvino", "fp32") not in jobs and ("openvino", "int8") in jobs and len(jobs) == 5
@@ -504,7 +504,7 @@ def test_output_folder_that_is_not_a_bundle_is_not_replaced(trained_run, tmp_pat
 
 
 def test_ctrl_c_leaves_the_earlier_bundle_and_no_temporary_files(bundle, trained_run, tmp_path, monkeypatch):
-    import export.onnx
+    import feredge.export.onnx as export_onnx
 
     out = tmp_path / "b"
     shutil.copytree(bundle.root, out)
@@ -513,7 +513,7 @@ def test_ctrl_c_leaves_the_earlier_bundle_and_no_temporary_files(bundle, trained
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export.onnx, "convert_fp32", interrupted)
+    monkeypatch.setattr(export_onnx, "convert_fp32", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_model(trained_run, out, formats="tflite,onnx", precisions="fp32", progress=False)
     after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -536,7 +536,7 @@ def test_bad_formats_and_pruning_without_data(trained_run, tmp_path):
 
 def feredge(*args, timeout=600):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "feredge.edge.cli", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

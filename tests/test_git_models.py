@@ -4,8 +4,8 @@ import subprocess
 
 import pytest
 
-from models import git_models
-from models.run_dir import base_run, locate_model
+from feredge.models import git_models
+from feredge.models.run_dir import base_run, locate_model
 
 
 def _git(repo, *args):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from pytest import approx
 
-import edge.fileio
-from benchmarks.metrics import (classification_report, confusion_matrix, format_confusion,
+import feredge.edge.fileio as edge_fileio
+from feredge.benchmarks.metrics import (classification_report, confusion_matrix, format_confusion,
                                 format_report, top1_agreement)
 
 LABELS = ["angry", "happy", "sad"]
@@ -191,7 +191,7 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def test_plot_confusion_writes_png(tmp_path):
-    from benchmarks.plots import plot_confusion
+    from feredge.benchmarks.plots import plot_confusion
     labels = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
     rng = np.random.default_rng(0)
     cm = confusion_matrix(rng.integers(0, 7, 200), rng.integers(0, 7, 200), 7)
@@ -207,7 +207,7 @@ def test_plot_confusion_writes_png(tmp_path):
 
 
 def test_plot_history_writes_png(tmp_path):
-    from benchmarks.plots import plot_history
+    from feredge.benchmarks.plots import plot_history
     hist = {"loss": [1.5, 1.1, 0.9], "val_loss": [1.6, 1.2, 1.3],
             "accuracy": [0.3, 0.5, 0.6], "val_accuracy": [0.28, 0.45, 0.44],
             "learning_rate": [1e-3, 1e-3, 1e-4]}
@@ -223,7 +223,7 @@ def test_plot_history_writes_png(tmp_path):
 
 
 def test_plot_robustness_draws_a_panel_per_kind_with_two_values(tmp_path):
-    from benchmarks.plots import plot_robustness
+    from feredge.benchmarks.plots import plot_robustness
 
     def row(condition, acc, agree):
         return {"condition": condition, "accuracy": acc, "agreement": agree}
@@ -237,14 +237,14 @@ def test_plot_robustness_draws_a_panel_per_kind_with_two_values(tmp_path):
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    from benchmarks.plots import plot_confusion, plot_history
+    from feredge.benchmarks.plots import plot_confusion, plot_history
     out = tmp_path / "cm.png"
     out.write_bytes(b"old")
 
     def boom(*_a, **_k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(edge.fileio.os, "replace", boom)
+    monkeypatch.setattr(edge_fileio.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         plot_confusion(CM, LABELS, out)
     with pytest.raises(OSError, match="disk full"):

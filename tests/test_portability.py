@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from edge import preprocess_flags
-from edge.device import describe_host, host_difference, host_record, isa_flags
-from edge.preprocess import PreprocessSpec
-from export import onnx as onnx_export
-from export import openvino as ov_export
-from export.pipeline import plan
-from export.targets import TARGETS, get_target, host_warning
+from feredge.edge import preprocess_flags
+from feredge.edge.device import describe_host, host_difference, host_record, isa_flags
+from feredge.edge.preprocess import PreprocessSpec
+from feredge.export import onnx as onnx_export
+from feredge.export import openvino as ov_export
+from feredge.export.pipeline import plan
+from feredge.export.targets import TARGETS, get_target, host_warning
 
 AVX2 = {"machine": "x86_64", "cpu": "AMD EPYC", "isa": ["avx2"]}
 AMX = {"machine": "x86_64", "cpu": "Intel Xeon Platinum 8480C", "isa": ["avx2", "avx512f", "avx512_vnni", "amx_int8"]}

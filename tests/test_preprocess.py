@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preprocess import PreprocessSpec, crop_face, fit_zscore, prepare_uint8, preprocess
+from feredge.edge.preprocess import PreprocessSpec, crop_face, fit_zscore, prepare_uint8, preprocess
 
 RNG = np.random.default_rng(7)
 

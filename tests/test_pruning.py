@@ -9,9 +9,9 @@ import pytest
 pytest.importorskip("tf_keras")
 pytest.importorskip("tensorflow_model_optimization")
 
-from export.pruning import PruneRequest, choose_channels, parse_prune, structured_prune  # noqa: E402
-from models.architectures import count_macs  # noqa: E402
-from models.tf_env import keras  # noqa: E402
+from feredge.export.pruning import PruneRequest, choose_channels, parse_prune, structured_prune  # noqa: E402
+from feredge.models.architectures import count_macs  # noqa: E402
+from feredge.models.tf_env import keras  # noqa: E402
 from export_helpers import user_model  # noqa: E402
 
 layers = keras.layers
@@ -122,8 +122,8 @@ def test_channels_feeding_a_concatenate_are_left_alone():
 
 @pytest.fixture(scope="module")
 def pruned_bundle(synthetic_dataset, tmp_path_factory):
-    from export import export_model
-    from models.train import TrainConfig, train
+    from feredge.export import export_model
+    from feredge.models.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("prune-run") / "run"
     train(TrainConfig(data=str(synthetic_dataset), arch="seed001", out=str(run), epochs=3, batch_size=16, lr=3e-3,

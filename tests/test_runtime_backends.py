@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from edge.backends import installed_formats
-from edge.bundle import Bundle
-from edge.choose import choose
-from edge.device import device_key
-from edge.preprocess import preprocess
+from feredge.edge.backends import installed_formats
+from feredge.edge.bundle import Bundle
+from feredge.edge.choose import choose
+from feredge.edge.device import device_key
+from feredge.edge.preprocess import preprocess
 from runtime_support import build_test_bundle, sample_faces
 
 INSTALLED = [f for f in ("tflite", "onnx", "openvino") if f in installed_formats()]
@@ -146,8 +146,8 @@ def test_openvino_int8_runs_the_isa_the_tests_cap_it_to(bundle):
 
 
 def test_tensorrt_gets_an_engine_cache_beside_the_model_and_its_precisions(bundle):
-    from edge.backends.base import BackendError
-    from edge.backends.onnxrt import choose_providers, provider_config
+    from feredge.edge.backends.base import BackendError
+    from feredge.edge.backends.onnxrt import choose_providers, provider_config
 
     int8 = bundle.path(bundle.find("onnx", "int8"))
     jetson = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

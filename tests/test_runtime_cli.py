@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.paths import DEFAULT_BUNDLE
+from feredge.edge.paths import DEFAULT_BUNDLE
 from runtime_support import REPO, build_test_bundle, build_test_video, feredge
 
 FACE_FIELDS = {"box", "label", "probabilities", "smoothed_label", "track", "confidence"}
@@ -77,13 +77,16 @@ def test_default_source_is_the_shipped_sample_with_whole_frame_faces(bundle):
 def test_stats_and_that_tensorflow_is_never_imported(bundle, video):
     path, _ = video
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "edge.cli", "run", "--bundle", str(bundle),
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "feredge.edge.cli", "run", "--bundle", str(bundle),
                              "--source", str(path), "--headless", "--max-frames", "3", "--stats"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
-                if line.startswith("import time:")}
-    assert "edge" in imported and "cv2" in imported
+    modules = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported = {name.split(".")[0] for name in modules}
+    assert "feredge.edge.pipeline" in modules and "cv2" in imported
+    # the device runtime is the bottom layer: nothing of the workstation packages is loaded either
+    assert not {name for name in modules if name.split(".")[:2] in (["feredge", "models"], ["feredge", "export"],
+                                                                    ["feredge", "benchmarks"])}
     assert not imported & {"tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tf2onnx"}
     assert "time to first result" in result.stderr and "peak memory" in result.stderr
     assert len(_json_lines(result.stdout)) == 3
@@ -114,7 +117,7 @@ def test_bad_input_is_one_line_and_exit_2(bundle, args, needles):
 
 
 def test_no_display_without_headless_says_what_to_do(bundle):
-    from edge.outputs import display_problem
+    from feredge.edge.outputs import display_problem
 
     if display_problem() is None:
         pytest.skip("this machine has a display")
@@ -131,10 +134,10 @@ def test_no_arguments_but_headless_runs_the_shipped_bundle_on_the_sample():
 
 
 def test_missing_shipped_bundle_points_to_export(monkeypatch, tmp_path, capsys):
-    import edge.run_cli
-    from edge.cli import main
+    import feredge.edge.run_cli as edge_run_cli
+    from feredge.edge.cli import main
 
-    monkeypatch.setattr(edge.run_cli, "DEFAULT_BUNDLE", tmp_path / "bundle")
+    monkeypatch.setattr(edge_run_cli, "DEFAULT_BUNDLE", tmp_path / "bundle")
     assert main(["run", "--headless", "--max-frames", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "feredge export" in err[0] and str(tmp_path / "bundle") in err[0]
@@ -142,10 +145,10 @@ def test_missing_shipped_bundle_points_to_export(monkeypatch, tmp_path, capsys):
 
 def test_camera_lost_after_retries_is_exit_2(bundle, monkeypatch, capsys):
     """In process, with a camera that delivers two frames and then is gone for good."""
-    import edge.sources
-    from edge.cli import main
+    import feredge.edge.sources as edge_sources
+    from feredge.edge.cli import main
 
-    class Gone(edge.sources.Device):
+    class Gone(edge_sources.Device):
         reads = 0
 
         def read(self):
@@ -161,9 +164,9 @@ def test_camera_lost_after_retries_is_exit_2(bundle, monkeypatch, capsys):
             opened.append(1)
             return Gone()
 
-        return edge.sources.CaptureSource("camera 0", opener, retries=2, backoff=0.01)
+        return edge_sources.CaptureSource("camera 0", opener, retries=2, backoff=0.01)
 
-    monkeypatch.setattr(edge.sources, "open_source", fake_open_source)
+    monkeypatch.setattr(edge_sources, "open_source", fake_open_source)
     code = main(["run", "--bundle", str(bundle), "--source", "0", "--headless", "--detector", "none"])
     captured = capsys.readouterr()
     assert code == 2
@@ -179,7 +182,7 @@ def _restore_sigint():
 
 def _start(bundle, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--bundle", str(bundle), *map(str, args)],
+    return subprocess.Popen([sys.executable, "-m", "feredge.edge.cli", "run", "--bundle", str(bundle), *map(str, args)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_restore_sigint)
 
@@ -265,7 +268,7 @@ def test_info_reports_runtimes_and_opencv_build():
 
 
 def test_run_says_in_one_line_when_this_cpu_is_not_the_one_that_verified_the_bundle(bundle, tmp_path):
-    from edge.device import host_record
+    from feredge.edge.device import host_record
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.outputs import JsonLinesSink, MjpegServer, Recorder, display_problem, parse_host_port
-from edge.pipeline import FaceResult, FrameResult
-from edge.render import annotate
+from feredge.edge.outputs import JsonLinesSink, MjpegServer, Recorder, display_problem, parse_host_port
+from feredge.edge.pipeline import FaceResult, FrameResult
+from feredge.edge.render import annotate
 
 LABELS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
@@ -147,9 +147,9 @@ def test_no_window_on_a_headless_build():
 def test_mjpeg_serves_ipv6_loopback_and_drops_idle_connections(monkeypatch, capsys):
     import socket
 
-    import edge.outputs
+    import feredge.edge.outputs as edge_outputs
 
-    monkeypatch.setattr(edge.outputs, "IDLE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(edge_outputs, "IDLE_TIMEOUT_S", 0.5)
     try:
         server = MjpegServer("::1", 0)
     except ValueError as exc:

@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.backends import installed_formats
-from edge.bundle import Bundle
-from edge.detect import (Detection, Detector, EveryN, HaarDetector, PrecroppedOr, WholeFrameDetector, YuNetDetector,
+from feredge.edge.backends import installed_formats
+from feredge.edge.bundle import Bundle
+from feredge.edge.detect import (Detection, Detector, EveryN, HaarDetector, PrecroppedOr, WholeFrameDetector, YuNetDetector,
                          iou, parse_detector)
-from edge.pipeline import STAGES, Pipeline
-from edge.preprocess import crop_face, preprocess, to_gray
-from edge.smoothing import EmaSmoother, FaceTracker, MajoritySmoother, NoSmoother, parse_smoother
-from edge.sources import Frame, open_source
-from edge.testvideo import load_truth, score_run
+from feredge.edge.pipeline import STAGES, Pipeline
+from feredge.edge.preprocess import crop_face, preprocess, to_gray
+from feredge.edge.smoothing import EmaSmoother, FaceTracker, MajoritySmoother, NoSmoother, parse_smoother
+from feredge.edge.sources import Frame, open_source
+from feredge.edge.testvideo import load_truth, score_run
 from runtime_support import build_test_bundle, build_test_video, sample_faces
 
 INSTALLED = [f for f in ("tflite", "onnx", "openvino") if f in installed_formats()]
@@ -153,7 +153,7 @@ def test_no_face_no_inference():
         def detect(self, gray):
             return []
 
-    from edge.preprocess import PreprocessSpec
+    from feredge.edge.preprocess import PreprocessSpec
 
     pipeline = Pipeline(Never(), PreprocessSpec(), tuple("abcdefg"), Nothing())
     result = pipeline.process(Frame(np.zeros((120, 160, 3), np.uint8), None, 1.5, 4))
@@ -164,7 +164,7 @@ def test_label_count_mismatch_is_refused():
     class Seven:
         num_classes = 7
 
-    from edge.preprocess import PreprocessSpec
+    from feredge.edge.preprocess import PreprocessSpec
 
     with pytest.raises(ValueError, match="7 classes"):
         Pipeline(Seven(), PreprocessSpec(), ("a", "b"))

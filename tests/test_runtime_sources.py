@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.sources import (JETSON_CSI_PIPELINE, CaptureSource, ImageSource, OpenCVDevice, SourceLost,
+from feredge.edge.sources import (JETSON_CSI_PIPELINE, CaptureSource, ImageSource, OpenCVDevice, SourceLost,
                           VideoFileSource, open_source, opencv_build_facts)
 from runtime_support import SAMPLE_DIR, build_test_video
 
@@ -271,9 +271,9 @@ def test_picamera2_missing_is_a_setup_hint(monkeypatch):
 
 
 def test_pipeline_uses_the_picamera2_gray_plane_and_maps_boxes_to_main(fake_picamera2):
-    from edge.detect import Detection, Detector
-    from edge.pipeline import Pipeline
-    from edge.preprocess import PreprocessSpec
+    from feredge.edge.detect import Detection, Detector
+    from feredge.edge.pipeline import Pipeline
+    from feredge.edge.preprocess import PreprocessSpec
 
     class SquareFinder(Detector):
         def detect(self, gray):
@@ -297,7 +297,7 @@ def test_pipeline_uses_the_picamera2_gray_plane_and_maps_boxes_to_main(fake_pica
 
 
 def test_testvideo_hold_sets_how_many_distinct_faces_a_video_shows(tmp_path, capsys):
-    from edge.testvideo import load_truth, main
+    from feredge.edge.testvideo import load_truth, main
 
     distinct = {}
     for hold in (0.5, 2.0):
@@ -324,7 +324,7 @@ def test_picamera2_that_fails_inside_its_import_is_one_line_with_the_fix(tmp_pat
     message = str(info.value)
     assert "\n" not in message and "does not import (ValueError: numpy.dtype size changed" in message
     assert "constraints/pi-bookworm.txt" in message and "--system-site-packages" in message
-    from edge.info_cli import format_info, gather  # in process: the emulated ARM runs have no binfmt for children
+    from feredge.edge.info_cli import format_info, gather  # in process: the emulated ARM runs have no binfmt for children
 
     shown = format_info(gather())
     assert "picamera2 no" in shown and "constraints/pi-bookworm.txt" in shown

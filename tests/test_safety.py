@@ -6,10 +6,10 @@ import zipfile
 
 import pytest
 
-from edge.cli import main
-from edge.labels import FER2013_LABELS
-from edge.preprocess import PreprocessSpec
-from models.model_io import code_in_model
+from feredge.edge.cli import main
+from feredge.edge.labels import FER2013_LABELS
+from feredge.edge.preprocess import PreprocessSpec
+from feredge.models.model_io import code_in_model
 
 
 def _fake_keras(path, layers):
@@ -39,7 +39,7 @@ def test_code_layers_are_found_without_building_the_model(tmp_path):
 def lambda_models(tmp_path_factory):
     """The same Lambda-layer model as .h5 and .keras, whose Lambda writes a marker file when it runs."""
     pytest.importorskip("tf_keras")
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     root = tmp_path_factory.mktemp("hostile")
     marker = root / "pwned"
@@ -79,7 +79,7 @@ def test_a_lambda_model_runs_no_code_unless_trusted(lambda_models, suffix, comma
 
 
 def test_trusting_a_lambda_model_runs_it_with_a_warning(lambda_models, monkeypatch, capsys):
-    from models.model_io import load_keras_model
+    from feredge.models.model_io import load_keras_model
 
     paths, marker = lambda_models
     monkeypatch.setenv("FEREDGE_TRUST_MODEL_CODE", "1")
@@ -92,8 +92,8 @@ def test_trusting_a_lambda_model_runs_it_with_a_warning(lambda_models, monkeypat
 # --- export never deletes what it did not write ------------------------------------------------
 
 def _export_shipped(out, **kw):
-    from edge.paths import PRETRAINED_DIR
-    from export import export_model
+    from feredge.edge.paths import PRETRAINED_DIR
+    from feredge.export import export_model
 
     return export_model(PRETRAINED_DIR, out, formats="tflite", precisions="fp32", progress=False, **kw)
 

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("tf_keras")
 
-from edge.cli import main  # noqa: E402
-from models.soup import mean_weights  # noqa: E402
-from models.train import TrainConfig, train  # noqa: E402
+from feredge.edge.cli import main  # noqa: E402
+from feredge.models.soup import mean_weights  # noqa: E402
+from feredge.models.train import TrainConfig, train  # noqa: E402
 
 
 def _run(data, out, **kw):
@@ -22,8 +22,8 @@ def _run(data, out, **kw):
 
 
 def test_average_of_two_fine_tuned_runs_is_their_mean_with_fresh_batchnorm(synthetic_dataset, tmp_path):
-    from models.swa import batchnorm_layers
-    from models.tf_env import keras
+    from feredge.models.swa import batchnorm_layers
+    from feredge.models.tf_env import keras
 
     start = _run(synthetic_dataset, tmp_path / "start")
     members = [_run(synthetic_dataset, tmp_path / f"m{seed}", seed=seed, lr=1e-3, optimizer="sgd",
@@ -72,7 +72,7 @@ def test_average_needs_two_runs_of_one_preprocessing(synthetic_dataset, tmp_path
 def test_model_card_of_an_averaged_model_gives_every_member_command_and_all_hours(tmp_path):
     import dataclasses
 
-    from models.model_card import card_text
+    from feredge.models.model_card import card_text
 
     base = tmp_path / "edge"
     base.mkdir()

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("tf_keras")
 
-import models.train as train_mod  # noqa: E402
-from models.train import (  # noqa: E402
+import feredge.models.train as train_mod  # noqa: E402
+from feredge.models.train import (  # noqa: E402
     TrainConfig, TrainState, class_weight_vector, learning_rate, resume, time_left, train,
 )
 
@@ -99,7 +99,7 @@ def test_bad_optimizer_settings_rejected():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_weight_decay_shrinks_kernels_only_and_survives_a_checkpoint(optimizer, tmp_path):
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3, name="c")(inputs)
@@ -151,7 +151,7 @@ def test_learning_rate_schedules():
 
 
 def test_mixed_precision_run_saves_a_float32_model(synthetic_dataset, tmp_path):
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     report = train(_config(synthetic_dataset, tmp_path / "run", epochs=3, mixed_precision=True), verbose=0)
     assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever runs next
@@ -163,7 +163,7 @@ def test_mixed_precision_run_saves_a_float32_model(synthetic_dataset, tmp_path):
 
 
 def test_soften_keeps_the_ranking_and_flattens_with_temperature():
-    from models.distill import distilled_targets, soften
+    from feredge.models.distill import distilled_targets, soften
 
     p = np.array([[0.7, 0.2, 0.1]], np.float32)
     np.testing.assert_allclose(soften(p, 1.0), p, rtol=1e-5)
@@ -175,7 +175,7 @@ def test_soften_keeps_the_ranking_and_flattens_with_temperature():
 
 
 def test_student_learns_from_a_teacher_and_resumes_on_the_same_targets(synthetic_dataset, tmp_path):
-    from models.distill import TARGETS_FILE
+    from feredge.models.distill import TARGETS_FILE
 
     train(_config(synthetic_dataset, tmp_path / "teacher", epochs=3), verbose=0)
     cfg = _config(synthetic_dataset, tmp_path / "student", epochs=2, teachers=[str(tmp_path / "teacher")],
@@ -186,7 +186,7 @@ def test_student_learns_from_a_teacher_and_resumes_on_the_same_targets(synthetic
     np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
     assert targets.max(axis=1).mean() < 0.99  # soft, not one-hot: alpha 1 is the teacher alone
     assert report["epochs_trained"] == 2
-    from edge.bundle import sha256_file
+    from feredge.edge.bundle import sha256_file
     [teacher] = json.loads((tmp_path / "student" / "teachers.json").read_text())
     assert teacher["model_sha256"] == sha256_file(tmp_path / "teacher" / "model.keras")
     assert teacher["epochs"] == 3 and teacher["arch"] == cfg.arch and teacher["training_hours"] > 0
@@ -199,8 +199,8 @@ def test_student_learns_from_a_teacher_and_resumes_on_the_same_targets(synthetic
 
 
 def test_teachers_label_each_augmented_view_and_the_epochs_cycle_through_them(synthetic_dataset, tmp_path):
-    from models.distill import TARGETS_FILE, label_images, load_teacher
-    from models.train import augmented_views, epoch_batches
+    from feredge.models.distill import TARGETS_FILE, label_images, load_teacher
+    from feredge.models.train import augmented_views, epoch_batches
 
     train(_config(synthetic_dataset, tmp_path / "teacher", epochs=3), verbose=0)
     cfg = _config(synthetic_dataset, tmp_path / "student", epochs=3, teachers=[str(tmp_path / "teacher")],
@@ -210,7 +210,7 @@ def test_teachers_label_each_augmented_view_and_the_epochs_cycle_through_them(sy
     assert targets.shape == (2, 7 * 24, 7)
     assert np.abs(targets[0] - targets[1]).max() > 0.01  # two views, two labellings
 
-    from models.train import _load_splits
+    from feredge.models.train import _load_splits
     data, _ = _load_splits(cfg)
     views = augmented_views(data, cfg)
     assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[0], data.images)
@@ -218,7 +218,7 @@ def test_teachers_label_each_augmented_view_and_the_epochs_cycle_through_them(sy
     # alpha 1, T 1: each view's target is the teacher's own un-flipped output on exactly that copy
     np.testing.assert_allclose(targets[1], label_images(load_teacher(tmp_path / "teacher", data.classes), views[1],
                                                         flip=False), atol=1e-5)
-    from edge.preprocess import PreprocessSpec, preprocess
+    from feredge.edge.preprocess import PreprocessSpec, preprocess
     spec = PreprocessSpec.load(tmp_path / "student" / "preprocess.json")
     batches = list(epoch_batches(data, spec, cfg, 3, np.ones(7, np.float32), targets, views))
     order = np.random.default_rng([cfg.seed, 3]).permutation(len(data))
@@ -232,7 +232,7 @@ def test_teachers_label_each_augmented_view_and_the_epochs_cycle_through_them(sy
 
 
 def test_teacher_with_other_classes_is_refused(synthetic_dataset, tmp_path):
-    from models.distill import teacher_probabilities
+    from feredge.models.distill import teacher_probabilities
 
     train(_config(synthetic_dataset, tmp_path / "teacher", epochs=1), verbose=0)
     with pytest.raises(ValueError, match="teacher classes"):
@@ -240,7 +240,7 @@ def test_teacher_with_other_classes_is_refused(synthetic_dataset, tmp_path):
 
 
 def test_weight_average_is_the_mean_and_survives_a_save(tmp_path):
-    from models.swa import WeightAverage
+    from feredge.models.swa import WeightAverage
 
     rng = np.random.default_rng(0)
     snapshots = [[rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
@@ -260,7 +260,7 @@ def test_weight_average_is_the_mean_and_survives_a_save(tmp_path):
 
 
 def test_generator_dataset_yields_the_batches_in_order_without_autotuning():
-    from models.tf_env import generator_dataset
+    from feredge.models.tf_env import generator_dataset
 
     rng = np.random.default_rng(3)
     batches = [(rng.random((n, 8, 8, 1), dtype=np.float32), np.eye(7, dtype=np.float32)[rng.integers(0, 7, n)],
@@ -276,8 +276,8 @@ def test_generator_dataset_yields_the_batches_in_order_without_autotuning():
 
 
 def test_batchnorm_recalibration_measures_the_plain_average_of_the_batches():
-    from models.swa import recalibrate_batchnorm
-    from models.tf_env import keras
+    from feredge.models.swa import recalibrate_batchnorm
+    from feredge.models.tf_env import keras
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.99)(inputs))
@@ -292,7 +292,7 @@ def test_batchnorm_recalibration_measures_the_plain_average_of_the_batches():
 
 
 def test_swa_run_ships_the_average_of_its_last_epochs(synthetic_dataset, tmp_path, monkeypatch):
-    from models.tf_env import keras
+    from feredge.models.tf_env import keras
 
     train(_config(synthetic_dataset, tmp_path / "start", arch="edge", epochs=1), verbose=0)
     start = keras.models.load_model(tmp_path / "start" / "model.keras", compile=False)

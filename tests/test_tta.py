@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from edge.bundle import Bundle
-from edge.preprocess import PreprocessSpec, preprocess
-from edge.tta import FlipAveraged, flip_averaged, mirrored, with_flip_average
+from feredge.edge.bundle import Bundle
+from feredge.edge.preprocess import PreprocessSpec, preprocess
+from feredge.edge.tta import FlipAveraged, flip_averaged, mirrored, with_flip_average
 from runtime_support import MODEL_DIR, build_test_bundle, sample_faces
 
 
@@ -87,7 +87,7 @@ def test_a_bundle_whose_spec_says_so_opens_flip_averaged(bundle, tmp_path):
 
 
 def test_bench_worker_times_and_scores_both_passes(bundle, faces, tmp_path):
-    from benchmarks.worker import measure
+    from feredge.benchmarks.worker import measure
 
     np.save(tmp_path / "x.npy", faces)
     path = str(bundle.path(bundle.find("tflite", "fp32")))
@@ -101,8 +101,8 @@ def test_bench_worker_times_and_scores_both_passes(bundle, faces, tmp_path):
 
 
 def test_bench_rows_of_a_flip_averaged_bundle_say_so(bundle, tmp_path):
-    from benchmarks.harness import BenchOptions, run_bench
-    from benchmarks.recommend import apply_gate
+    from feredge.benchmarks.harness import BenchOptions, run_bench
+    from feredge.benchmarks.recommend import apply_gate
 
     copy = flip_averaged_copy(bundle, tmp_path)
     opts = BenchOptions(select=("tflite-fp32",), warmup_s=0, min_s=0, min_runs=3, reference="artifact")
@@ -115,9 +115,9 @@ def test_bench_rows_of_a_flip_averaged_bundle_say_so(bundle, tmp_path):
 def test_keras_evaluation_follows_the_override(tmp_path):
     import cv2
 
-    from benchmarks.metrics import classification_report
-    from models.evaluate import evaluate_path
-    from models.tf_env import keras
+    from feredge.benchmarks.metrics import classification_report
+    from feredge.models.evaluate import evaluate_path
+    from feredge.models.tf_env import keras
 
     data = tmp_path / "faces"
     images, labels, names = sample_faces(per_class=3)
@@ -137,8 +137,8 @@ def test_keras_evaluation_follows_the_override(tmp_path):
 
 
 def test_export_can_switch_it_on_and_verifies_the_way_the_device_runs(tmp_path):
-    from export import export_model
-    from export.verify import accuracy
+    from feredge.export import export_model
+    from feredge.export.verify import accuracy
 
     out = export_model(MODEL_DIR, tmp_path / "bundle", formats=("tflite",), precisions=("fp32",),
                        flip_average=True, progress=False)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from edge.backends.base import Backend, BackendError
+from feredge.edge.backends.base import Backend, BackendError
 
 # format -> (module, the Python packages that can run it, in order of preference)
 _BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "tflite": ("edge.backends.tflite", ("ai_edge_litert", "tflite_runtime")),
-    "onnx": ("edge.backends.onnxrt", ("onnxruntime",)),
-    "openvino": ("edge.backends.openvino", ("openvino",)),
+    "tflite": ("feredge.edge.backends.tflite", ("ai_edge_litert", "tflite_runtime")),
+    "onnx": ("feredge.edge.backends.onnxrt", ("onnxruntime",)),
+    "openvino": ("feredge.edge.backends.openvino", ("openvino",)),
 }
 _SUFFIX_FORMAT = {".tflite": "tflite", ".onnx": "onnx", ".xml": "openvino"}
 

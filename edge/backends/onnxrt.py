@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.backends.base import Backend, BackendError
-from edge.backends.tflite import _first_line
+from feredge.edge.backends.base import Backend, BackendError
+from feredge.edge.backends.tflite import _first_line
 
 # Best first: what a Jetson's onnxruntime-gpu offers, then the CPU everybody has.
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

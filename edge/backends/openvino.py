@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.backends.base import Backend, BackendError
-from edge.backends.tflite import _first_line
+from feredge.edge.backends.base import Backend, BackendError
+from feredge.edge.backends.tflite import _first_line
 
 HINTS = ("f32", "bf16", "f16")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.backends.base import Backend, BackendError, dequantize, quantize
+from feredge.edge.backends.base import Backend, BackendError, dequantize, quantize
 
 
 def _interpreter_class():
