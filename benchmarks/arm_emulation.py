@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from feredge.edge import formats
+
 REPO = Path(__file__).resolve().parents[1]
 CPUS = {"cortex-a72": "Raspberry Pi 4", "cortex-a76": "Raspberry Pi 5"}
 WHEELS = ["numpy>=1.23,<2.5", "opencv-python-headless>=4.8,<5", "tqdm>=4.60", "ai-edge-litert", "onnxruntime",
@@ -125,7 +127,7 @@ def steps(bundle: Path, video: Path, data: str | None, limit: int | None) -> lis
     cache = Path(tempfile.gettempdir()) / "feredge-arm" / "pytest-cache"  # never inside the repository
     out = [("tests", ["-m", "pytest", "-q", "-o", "addopts=", "-o", f"cache_dir={cache}", *RUNTIME_TESTS]),
            ("info", ["-m", "feredge.edge.cli", "info"])]
-    for backend in ("tflite", "onnx", "openvino"):
+    for backend in formats.names():
         out.append((f"run {backend}", ["-m", "feredge.edge.cli", "run", "--bundle", str(bundle), "--source", str(video),
                                        "--headless", "--output", os.devnull, "--backend", backend,
                                        "--max-frames", "30", "--stats"]))

@@ -83,14 +83,14 @@ def run(args: argparse.Namespace) -> int:
     result["recommendation"] = recommend(result["records"], opts.max_drop)
     if args.video:
         from feredge.benchmarks.e2e import run_e2e
-        chosen = list(dict.fromkeys(r["artifact"] for r in result["records"])) if opts.select else None
+        chosen = list(dict.fromkeys(r.artifact for r in result["records"])) if opts.select else None
         result["e2e"] = run_e2e(bundle, args.video, threads=opts.threads, max_frames=args.e2e_frames,
                                 artifacts=chosen)
     if args.overhead:
         from feredge.benchmarks.overhead import measure_overhead
         result["overhead"] = measure_overhead(bundle, opts)
     print(format_table(result["records"]))
-    failed = [r for r in result["records"] if r["status"] != "ok"]
+    failed = [r for r in result["records"] if not r.ok]
     rec = result["recommendation"]
     if rec:
         print(f"\nrecommended on this device: {rec['artifact']} with {rec['threads']} thread(s) "
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     written = write_reports(result, args.out)
     print(f"\nreports: {', '.join(str(p) for p in written.values())}")
     if failed and len(failed) == len(result["records"]):
-        print(f"feredge bench: every artifact failed ({failed[0]['artifact']}: {failed[0]['status']})",
+        print(f"feredge bench: every artifact failed ({failed[0].artifact}: {failed[0].status})",
               file=sys.stderr)
         return 3
     return 0

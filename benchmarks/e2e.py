@@ -27,7 +27,7 @@ class _DrawOnly:
 
 def e2e_job(job: dict) -> dict:
     started = time.perf_counter()
-    from feredge.edge import run_cli
+    from feredge.edge import formats, run_cli
     from feredge.edge.bundle import Bundle
     from feredge.edge.device import memory_mb
     from feredge.edge.detect import parse_detector
@@ -40,7 +40,7 @@ def e2e_job(job: dict) -> dict:
     d = defaults.parse_args([])
     bundle = Bundle.load(job["bundle"])
     artifact = bundle.find(id=job["artifact"])
-    options = {"device": "CPU"} if artifact.format == "openvino" else {}
+    options = formats.runtime_options(artifact.format, device="CPU")
     backend = bundle.open(artifact, threads=job["threads"], **options)
     detector = parse_detector(job.get("detector", "haar"), scale=run_cli._parse_scale(d.detect_scale),
                               min_face=d.min_face, every=d.detect_every)

@@ -7,7 +7,6 @@ agreement and drop against the float reference on a labelled set.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import subprocess
@@ -19,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from feredge.benchmarks.device import device_facts
-from feredge.benchmarks.metrics import classification_report, top1_agreement
+from feredge.benchmarks.records import LATENCY_FIELDS, BenchRecord
+from feredge.evaluation.metrics import classification_report, top1_agreement
+from feredge.edge import formats
 from feredge.edge.bundle import Artifact, Bundle, sha256_file
 from feredge.edge.preprocess import preprocess
-from feredge.edge.tta import flip_averaged
+from feredge.evaluation.predict import predict
 
 log = logging.getLogger("feredge.bench")
 
@@ -59,8 +60,8 @@ def selected(bundle: Bundle, select) -> list[Artifact]:
 
 def load_labelled(bundle: Bundle, data: str | None, split: str | None):
     """Preprocessed faces and labels in the bundle's class order, plus a name for the set."""
-    from feredge.models.datasets import load_dataset
-    from feredge.models.evaluate import labels_in_model_order
+    from feredge.evaluation.datasets import load_dataset
+    from feredge.evaluation.scoring import labels_in_model_order
     from feredge.edge.paths import SAMPLE_DIR
 
     source = Path(data) if data else SAMPLE_DIR
@@ -89,18 +90,11 @@ def keras_reference(bundle: Bundle, x: np.ndarray) -> np.ndarray | None:
     except UnsafeModelError as exc:
         log.warning("%s; comparing with the fp32 artifact instead", exc)
         return None
-    predict = model.predict_on_batch
-    if bundle.spec.flip_average:
-        predict = functools.partial(flip_averaged, model.predict_on_batch)
-    return np.concatenate([predict(x[i:i + 256]) for i in range(0, len(x), 256)])
+    return predict(model, x, bundle.spec, prepared=True)
 
 
 def _options_for(artifact: Artifact, opts: BenchOptions) -> dict:
-    if artifact.format == "openvino":
-        return {"device": opts.openvino_device}
-    if artifact.format == "onnx":
-        return {"providers": opts.onnx_providers}
-    return {}
+    return formats.runtime_options(artifact.format, device=opts.openvino_device, providers=opts.onnx_providers)
 
 
 def run_worker(job: dict, timeout_s: float) -> dict:
@@ -144,7 +138,7 @@ def run_bench(bundle_dir: str | Path, opts: BenchOptions, progress: bool = True)
                 step += 1
                 job = {"path": str(bundle.path(artifact)), "threads": threads, "batch": opts.batch,
                        "warmup_s": opts.warmup_s, "min_s": opts.min_s, "min_runs": opts.min_runs,
-                       "options": _options_for(artifact, opts), "flip_average": bundle.spec.flip_average}
+                       "options": _options_for(artifact, opts), "spec": bundle.spec.to_dict()}
                 if opts.accuracy and i == 0:
                     job.update(data=str(tmp / "x.npy"), probs_out=str(tmp / f"{artifact.id}.npy"))
                 if progress:
@@ -163,7 +157,7 @@ def run_bench(bundle_dir: str | Path, opts: BenchOptions, progress: bool = True)
 
 
 def _artifact_reference(probs_by_id: dict, bundle: Bundle):
-    for fmt in ("tflite", "onnx", "openvino"):
+    for fmt in formats.names():
         for artifact in bundle.artifacts:
             if artifact.format == fmt and artifact.precision == "fp32" and artifact.pruning is None \
                     and artifact.id in probs_by_id:
@@ -171,34 +165,30 @@ def _artifact_reference(probs_by_id: dict, bundle: Bundle):
     return None, None
 
 
-def _record(artifact: Artifact, bundle: Bundle, threads: int, opts: BenchOptions, device: dict, result: dict) -> dict:
-    record = {
-        "device": {k: device.get(k) for k in ("machine", "cpu", "isa", "system", "board", "cores", "hostname")},
-        "artifact": artifact.id, "format": artifact.format, "precision": artifact.precision,
-        "pruning": artifact.pruning, "threads": threads, "batch": opts.batch, "size_bytes": artifact.bytes,
-        "flip_average": bundle.spec.flip_average,
-        "status": "ok" if "error" not in result else f"error: {result['error']}",
-    }
+def _record(artifact: Artifact, bundle: Bundle, threads: int, opts: BenchOptions, device: dict,
+            result: dict) -> BenchRecord:
+    record = BenchRecord(
+        device={k: device.get(k) for k in ("machine", "cpu", "isa", "system", "board", "cores", "hostname")},
+        artifact=artifact.id, format=artifact.format, precision=artifact.precision, pruning=artifact.pruning,
+        threads=threads, batch=opts.batch, size_bytes=artifact.bytes, flip_average=bundle.spec.flip_average,
+        status="ok" if "error" not in result else f"error: {result['error']}")
     if "error" not in result:
-        latency = result["latency"]
-        record.update(runtime=result["runtime"], precision_ran=result["precision_ran"],
-                      load_ms=result["load_ms"], first_inference_ms=result["first_inference_ms"],
-                      peak_rss_mb=result["peak_rss_mb"], model_rss_mb=result["model_rss_mb"],
-                      **{k: latency[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms",
-                                                 "max_ms", "std_ms", "runs", "fps", "noisy")})
+        record = dataclasses.replace(
+            record, runtime=result["runtime"], precision_ran=result["precision_ran"], load_ms=result["load_ms"],
+            first_inference_ms=result["first_inference_ms"], peak_rss_mb=result["peak_rss_mb"],
+            model_rss_mb=result["model_rss_mb"], **{k: result["latency"][k] for k in LATENCY_FIELDS})
     return record
 
 
 def _add_accuracy(records, probs_by_id, reference, y, labels) -> None:
     ref_acc = float((reference.argmax(1) == y).mean()) if reference is not None else None
     for record in records:
-        probs = probs_by_id.get(record["artifact"])
+        probs = probs_by_id.get(record.artifact)
         if probs is None:
             continue
         report = classification_report(y, probs.argmax(1), list(labels))
-        record["accuracy"] = report["accuracy"]
-        record["macro_f1"] = report["macro_f1"]
+        record.accuracy, record.macro_f1 = report["accuracy"], report["macro_f1"]
         if reference is not None:
-            record["agreement"] = top1_agreement(probs, reference)
-            record["reference_accuracy"] = ref_acc
-            record["accuracy_drop"] = ref_acc - report["accuracy"]
+            record.agreement = top1_agreement(probs, reference)
+            record.reference_accuracy = ref_acc
+            record.accuracy_drop = ref_acc - report["accuracy"]

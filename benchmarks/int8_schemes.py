@@ -26,13 +26,15 @@ log = logging.getLogger("feredge.schemes")
 def measure(model_path, data, calib_dir, calib_count: int = 300, runs: int = 300, progress: bool = True) -> dict:
     import contextlib
 
+    from feredge.edge import formats
     from feredge.edge.device import host_record
     from feredge.export import onnx as onnx_export
     from feredge.export import openvino as ov_export
     from feredge.export import tflite as tflite_export
     from feredge.export.calibration import labelled_sets, load_calibration
     from feredge.export.latency import artifact_latency_ms
-    from feredge.export.pipeline import _quiet, keras_predict
+    from feredge.export.pipeline import _quiet
+    from feredge.evaluation.predict import predict
     from feredge.export.source import load_source
     from feredge.export.verify import Reference, accuracy, verify
 
@@ -41,7 +43,7 @@ def measure(model_path, data, calib_dir, calib_count: int = 300, runs: int = 300
     spec, model = source.spec, source.model
     calib = load_calibration(calib_dir, spec, calib_count, progress=progress)
     faces, _ = labelled_sets(data, spec, source.labels, need_training=False, progress=progress)
-    ref_probs = keras_predict(model, faces.x, spec.flip_average)
+    ref_probs = predict(model, faces.x, spec, prepared=True)
     ref = Reference(ref_probs, accuracy(ref_probs, faces.y), accuracy(ref_probs, faces.y))
     log.info("Keras: %.2f %% on %d faces from %s", ref.accuracy * 100, len(faces), faces.source)
     rows = []
@@ -49,27 +51,22 @@ def measure(model_path, data, calib_dir, calib_count: int = 300, runs: int = 300
         tmp = Path(tmp)
         jobs = []  # (format, scheme, portable, path, options)
         with _quiet(), contextlib.redirect_stdout(sys.stderr):
-            tflite_export.convert(model, tmp / "fp32.tflite", "fp32")
-            tflite_export.convert(model, tmp / "int8.tflite", "int8", calib.x)
-            jobs += [("tflite", "fp32", None, tmp / "fp32.tflite", {}),
-                     ("tflite", "xnnpack", True, tmp / "int8.tflite", {})]
-            onnx_export.convert_fp32(model, tmp / "fp32.onnx")
-            jobs.append(("onnx", "fp32", None, tmp / "fp32.onnx", {}))
-            for name, scheme in onnx_export.SCHEMES.items():
-                log.info("onnx int8 %s: quantizing", name)
-                onnx_export.quantize_int8(tmp / "fp32.onnx", tmp / f"{name}.onnx", calib.x, tmp, name)
-                jobs.append(("onnx", name, scheme.portable, tmp / f"{name}.onnx", {}))
-            ov_model = ov_export.convert(model)
-            ov_export.save(ov_model, tmp / "ov" / "fp32.xml", "fp32")
-            jobs.append(("openvino", "fp32", None, tmp / "ov" / "fp32.xml", {"precision_hint": "f32"}))
-            for name, (_, portable, _) in ov_export.SCHEMES.items():
-                log.info("openvino int8 %s: quantizing", name)
-                quantized, _ = ov_export.quantize_int8(ov_export.convert(model), calib.x, name)
-                ov_export.save(quantized, tmp / "ov" / f"{name}.xml", "int8")
-                jobs.append(("openvino", name, portable, tmp / "ov" / f"{name}.xml", {}))
+            for fmt, module, schemes in (("tflite", tflite_export, {"xnnpack": None}),
+                                         ("onnx", onnx_export, onnx_export.SCHEMES),
+                                         ("openvino", ov_export, ov_export.SCHEMES)):
+                path = tmp / fmt / formats.get(fmt).files("fp32")[0]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                module.convert(model, path, "fp32", scratch=tmp)
+                jobs.append((fmt, "fp32", None, path, dict(formats.get(fmt).verify_options.get("fp32", {}))))
+                for name in schemes:
+                    log.info("%s int8 %s: quantizing", fmt, name)
+                    path = tmp / fmt / formats.get(fmt).files(name)[0]
+                    settings = module.convert(model, path, "int8", calib=calib.x, scratch=tmp,
+                                              scheme=None if fmt == "tflite" else name)
+                    jobs.append((fmt, name, settings.get("portable", True), path, {}))
         for fmt, name, portable, path, options in jobs:
             precision = "fp32" if name == "fp32" else "int8"
-            check = verify(path, fmt, precision, faces.x, faces.y, ref, spec.flip_average)
+            check = verify(path, fmt, precision, faces.x, faces.y, ref, spec)
             rows.append({"format": fmt, "scheme": name, "precision": precision, "portable": portable,
                          "accuracy": check["accuracy"], "drop_points": round(check["source_accuracy_drop"] * 100, 2),
                          "agreement": check["agreement"], "ran_precision": check["ran_precision"],

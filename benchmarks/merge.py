@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import time
 
+import dataclasses
+
 from feredge.benchmarks.harness import RECORD_VERSION
+from feredge.benchmarks.records import as_records
 
 
 def device_label(device: dict) -> str:
@@ -20,8 +23,7 @@ def merge_results(results: list[dict], sources: list[str]) -> dict:
         if result.get("record_version") != RECORD_VERSION or "records" not in result:
             raise ValueError(f"{source}: not a feredge bench record file (record_version {RECORD_VERSION})")
         label = device_label(result.get("device", {}))
-        for record in result["records"]:
-            records.append({**record, "device_label": label, "_merged": True})
+        records += [dataclasses.replace(record, device_label=label) for record in as_records(result["records"])]
     devices = {device_label(r.get("device", {})): r.get("device", {}) for r in results}
     return {
         "record_version": RECORD_VERSION,

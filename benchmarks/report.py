@@ -6,8 +6,9 @@ import io
 import json
 from pathlib import Path
 
-from feredge.benchmarks.plots import _save_png
+from feredge.benchmarks.records import BenchRecord, as_records
 from feredge.edge.fileio import write_text_atomic
+from feredge.evaluation.plots import _save_png
 
 # (header, record key, format) for the latency/accuracy table.
 COLUMNS = [
@@ -29,8 +30,8 @@ COLUMNS = [
 ]
 
 
-def _cell(record: dict, key: str, fmt: str) -> str:
-    value = record.get(key)
+def _cell(record: BenchRecord, key: str, fmt: str) -> str:
+    value = getattr(record, key)
     if value is None:
         return "-"
     if key == "size_bytes":
@@ -42,39 +43,40 @@ def _cell(record: dict, key: str, fmt: str) -> str:
     return fmt.format(value)
 
 
-def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
-    columns = ([("device", "device_label", "{}")] if any("device_label" in r for r in records) else []) + COLUMNS
+def table_rows(records) -> tuple[list[str], list[list[str]]]:
+    records = as_records(records)
+    columns = ([("device", "device_label", "{}")] if any(r.device_label for r in records) else []) + COLUMNS
     headers = [h for h, _, _ in columns] + ["flags"]
-    rows = [[_cell(r, key, fmt) for _, key, fmt in columns] + ["; ".join(r.get("flags", [])) or "-"]
-            for r in records]
+    rows = [[_cell(r, key, fmt) for _, key, fmt in columns] + ["; ".join(r.flags) or "-"] for r in records]
     return headers, rows
 
 
-def format_table(records: list[dict]) -> str:
+def format_table(records) -> str:
+    records = as_records(records)
     headers, rows = table_rows(records)
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
     left = {i for i, h in enumerate(headers) if h in ("device", "artifact", "status", "ran", "flags")}
     line = lambda cells: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
     out = [line(headers), line(["-" * w for w in widths])] + [line(row) for row in rows]
-    errors = [f"{r['artifact']} (threads {r['threads']}): {r['status']}" for r in records if r["status"] != "ok"]
+    errors = [f"{r.artifact} (threads {r.threads}): {r.status}" for r in records if not r.ok]
     return "\n".join(out + errors)
 
 
-def format_markdown_table(records: list[dict]) -> str:
+def format_markdown_table(records) -> str:
     headers, rows = table_rows(records)
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(out)
 
 
-def to_csv(records: list[dict]) -> str:
+def to_csv(records) -> str:
     flat = []
-    for r in records:
-        row = {k: v for k, v in r.items() if k not in ("device", "flags", "pruning")}
-        row.update({f"device_{k}": v for k, v in r["device"].items()})
-        row["pruning"] = json.dumps(r.get("pruning")) if r.get("pruning") else ""
-        row["flags"] = "; ".join(r.get("flags", []))
+    for r in as_records(records):
+        row = {k: v for k, v in r.to_dict().items() if k not in ("device", "flags", "pruning")}
+        row.update({f"device_{k}": v for k, v in r.device.items()})
+        row["pruning"] = json.dumps(r.pruning) if r.pruning else ""
+        row["flags"] = "; ".join(r.flags)
         flat.append(row)
     keys = list(dict.fromkeys(k for row in flat for k in row))
     buf = io.StringIO()
@@ -96,25 +98,25 @@ def device_lines(device: dict) -> list[str]:
             f"- packages: {packages}"]
 
 
-def plot_latency_accuracy(records: list[dict], path: str | Path, title: str = "latency against accuracy") -> None:
+def plot_latency_accuracy(records, path: str | Path, title: str = "latency against accuracy") -> None:
     from matplotlib.ticker import ScalarFormatter
 
-    from feredge.benchmarks.plots import _new_figure
+    from feredge.evaluation.plots import _new_figure
 
-    points = [r for r in records if r["status"] == "ok" and r.get("accuracy") is not None]
+    points = [r for r in as_records(records) if r.ok and r.accuracy is not None]
     fig = _new_figure((8.5, 5.5))
     ax = fig.add_subplot()
     colours = {"tflite": "tab:blue", "onnx": "tab:orange", "openvino": "tab:green"}
     markers = {"fp32": "o", "fp16": "s", "dynamic": "D", "int8": "^"}
     seen = set()
-    for i, r in enumerate(sorted(points, key=lambda r: (r["p50_ms"], r["accuracy"]))):
-        legend = f"{r['format']} {r['precision']}"
-        ax.scatter(r["p50_ms"], 100 * r["accuracy"], color=colours.get(r["format"], "tab:gray"),
-                   marker=markers.get(r["precision"], "x"), s=45 + 25 * (r["threads"] - 1),
+    for i, r in enumerate(sorted(points, key=lambda r: (r.p50_ms, r.accuracy))):
+        legend = f"{r.format} {r.precision}"
+        ax.scatter(r.p50_ms, 100 * r.accuracy, color=colours.get(r.format, "tab:gray"),
+                   marker=markers.get(r.precision, "x"), s=45 + 25 * ((r.threads or 1) - 1),
                    label=None if legend in seen else legend, alpha=0.85)
         seen.add(legend)
-        text = f"t{r['threads']}" + (f" {r['device_label']}" if r.get("device_label") else "")
-        ax.annotate(text, (r["p50_ms"], 100 * r["accuracy"]), fontsize=7, textcoords="offset points",
+        text = f"t{r.threads}" + (f" {r.device_label}" if r.device_label else "")
+        ax.annotate(text, (r.p50_ms, 100 * r.accuracy), fontsize=7, textcoords="offset points",
                     xytext=(5, 6 if i % 2 else -10))
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -129,7 +131,7 @@ def plot_latency_accuracy(records: list[dict], path: str | Path, title: str = "l
 
 
 def plot_stage_bars(e2e_rows: list[dict], path: str | Path, title: str = "end-to-end time per frame by stage") -> None:
-    from feredge.benchmarks.plots import _new_figure
+    from feredge.evaluation.plots import _new_figure
 
     stages = list(dict.fromkeys(s for row in e2e_rows for s in row["stage_ms"]))
     labels = [row["label"] for row in e2e_rows]
@@ -157,10 +159,12 @@ def write_reports(result: dict, out_dir: str | Path, stem: str = "bench") -> dic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "md": out / f"{stem}.md"}
-    write_text_atomic(written["json"], json.dumps(result, indent=2) + "\n")
-    write_text_atomic(written["csv"], to_csv(result["records"]))
+    records = as_records(result["records"])
+    write_text_atomic(written["json"], json.dumps({**result, "records": [r.to_dict() for r in records]}, indent=2)
+                      + "\n")
+    write_text_atomic(written["csv"], to_csv(records))
     try:
-        if any(r.get("accuracy") is not None for r in result["records"]):
+        if any(r.accuracy is not None for r in records):
             plot_latency_accuracy(result["records"], out / f"{stem}_latency_accuracy.png")
             written["latency_plot"] = out / f"{stem}_latency_accuracy.png"
         if result.get("e2e"):

@@ -17,19 +17,24 @@ from feredge.edge.device import memory_mb
 
 def measure(job: dict) -> dict:
     from feredge.benchmarks.timing import summarize, time_calls
-    from feredge.edge.backends import format_of, open_artifact
+    from feredge.edge import formats
+    from feredge.edge.backends import open_artifact
+    from feredge.edge.preprocess import PreprocessSpec
     from feredge.edge.tta import with_flip_average
+    from feredge.evaluation.predict import predict
 
     path = job["path"]
     options = job.get("options", {})
     # Import the runtime before the baseline, so memory counts the model, not the library.
     import importlib
-    importlib.import_module({"tflite": "feredge.edge.backends.tflite", "onnx": "feredge.edge.backends.onnxrt",
-                             "openvino": "feredge.edge.backends.openvino"}[format_of(path)])
+    fmt = formats.of_path(path)
+    if fmt is not None:
+        importlib.import_module(fmt.backend)
     baseline = memory_mb("VmRSS")
     t0 = time.perf_counter()
-    backend = with_flip_average(open_artifact(path, threads=job.get("threads"), **options),
-                                bool(job.get("flip_average")))
+    spec = PreprocessSpec.from_dict(job["spec"]) if job.get("spec") else PreprocessSpec()
+    # timed as the device runs it: a flip-averaged model pays for both passes
+    backend = with_flip_average(open_artifact(path, threads=job.get("threads"), **options), spec.flip_average)
     load_ms = (time.perf_counter() - t0) * 1e3
     batch = int(job.get("batch", 1))
     rng = np.random.default_rng(0)
@@ -50,9 +55,9 @@ def measure(job: dict) -> dict:
     }
     if job.get("data"):
         data = np.load(job["data"], mmap_mode="r")
-        chunk = int(job.get("predict_batch", 64))
-        probs = [backend.predict(np.ascontiguousarray(data[i:i + chunk])) for i in range(0, len(data), chunk)]
-        np.save(job["probs_out"], np.concatenate(probs) if probs else np.zeros((0, backend.num_classes), np.float32))
+        probs = predict(backend, np.ascontiguousarray(data), spec, prepared=True,
+                        batch_size=int(job.get("predict_batch", 64)))
+        np.save(job["probs_out"], probs)
     return result
 
 

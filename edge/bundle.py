@@ -15,12 +15,12 @@ import json
 import re
 from pathlib import Path, PurePosixPath
 
+from feredge.edge import formats
+from feredge.edge.formats import PRECISIONS
 from feredge.edge.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
-FORMATS = ("tflite", "onnx", "openvino")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -28,21 +28,77 @@ class BundleError(ValueError):
     """One line naming the bundle (or file) and what is wrong with it."""
 
 
+def _record_from(cls, data: dict, **converted):
+    """A record dataclass from a manifest dict: unknown keys are ignored (a newer writer may add some)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in fields}, **converted)
+
+
+def _record_to(record, optional: tuple[str, ...] = ()) -> dict:
+    """A record as the manifest writes it: fields in order, the optional ones only when set."""
+    out = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.name in optional and value is None:
+            continue
+        out[f.name] = value.to_dict() if hasattr(value, "to_dict") else list(value) if isinstance(value, tuple) \
+            else value
+    return out
+
+
+@dataclasses.dataclass
+class Verification:
+    """How one artifact compared with its Keras source on the verification faces (export/verify.py)."""
+    samples: int = 0
+    accuracy_samples: int = 0
+    agreement: float | None = None  # share of faces with the same top-1 class as the source
+    max_abs_diff: float | None = None
+    accuracy: float | None = None
+    source_accuracy: float | None = None  # the Keras model it was converted from (a pruned one for pruned artifacts)
+    reference_accuracy: float | None = None  # the unpruned Keras model
+    accuracy_drop: float | None = None  # against reference_accuracy
+    source_accuracy_drop: float | None = None  # against source_accuracy: what the threshold judges
+    threshold: dict = dataclasses.field(default_factory=dict)
+    ran_precision: str | None = None
+    runtime: str | None = None
+    precision_hint: str = "default"
+    passed: bool = False
+    failure: str | None = None
+    device_default: dict | None = None  # when verified with options: what runs without them
+    allowed: bool | None = None  # failed but kept (--allow-drop)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Verification":
+        return _record_from(cls, data)
+
+    def to_dict(self) -> dict:
+        return _record_to(self, optional=("device_default", "allowed"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Artifact:
+    """One artifact as the manifest lists it; export writes it with to_dict, everyone reads it with from_dict."""
     id: str  # e.g. "tflite-int8" or "tflite-int8-pruned50"
-    format: str  # tflite | onnx | openvino
+    format: str  # a name in edge.formats: tflite | onnx | openvino
     precision: str  # fp32 | fp16 | dynamic | int8
     files: tuple[str, ...]  # relative to the bundle; the first one is what a runtime opens
     bytes: int
     sha256: dict
     pruning: dict | None = None
-    verification: dict | None = None
+    verification: Verification | None = None
+    settings: dict = dataclasses.field(default_factory=dict)  # how it was converted and quantized
+    convert_seconds: float | None = None
+    gzip_bytes: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> "Artifact":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if k == "files" else v) for k, v in data.items() if k in fields})
+        check = data.get("verification")
+        return _record_from(cls, {k: v for k, v in data.items() if k not in ("files", "verification")},
+                            files=tuple(data["files"]),
+                            verification=Verification.from_dict(check) if isinstance(check, dict) else None)
+
+    def to_dict(self) -> dict:
+        return _record_to(self, optional=("convert_seconds", "gzip_bytes"))
 
 
 @dataclasses.dataclass
@@ -152,8 +208,9 @@ def check_manifest(manifest, root: Path) -> str | None:
             return f"{where}: missing or repeated id"
         seen.add(a["id"])
         where = f"artifact {a['id']}"
-        if a.get("format") not in FORMATS or a.get("precision") not in PRECISIONS:
-            return f"{where}: format must be one of {', '.join(FORMATS)} and precision one of {', '.join(PRECISIONS)}"
+        if a.get("format") not in formats.names() or a.get("precision") not in PRECISIONS:
+            return (f"{where}: format must be one of {', '.join(formats.names())} and precision one of "
+                    f"{', '.join(PRECISIONS)}")
         files = a.get("files")
         if not isinstance(files, list) or not files:
             return f"{where}: files must be a non-empty list"

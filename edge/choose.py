@@ -19,13 +19,13 @@ import json
 import logging
 from pathlib import Path
 
-from feredge.edge.backends import FORMATS, installed_formats
+from feredge.edge import formats
+from feredge.edge.backends import installed_formats
 from feredge.edge.bundle import Artifact, Bundle
 
 log = logging.getLogger("feredge.run")
 
 RECOMMENDATION_FILE = "recommendation.json"
-CPU_ORDER = ("tflite", "openvino", "onnx")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -68,8 +68,8 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
     Cortex-A72), so that auto moves on to the next choice."""
     installed = installed_formats()
     if backend != "auto":
-        if backend not in FORMATS:
-            raise ValueError(f"unknown backend {backend!r} (expected auto, {', '.join(FORMATS)})")
+        if backend not in formats.names():
+            raise ValueError(f"unknown backend {backend!r} (expected auto, {', '.join(formats.names())})")
         if backend not in installed:
             raise ValueError(f"backend {backend} is not installed here (pip install \"feredge[{backend}]\")")
         artifact = _pick(bundle, backend, precision)
@@ -101,7 +101,7 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
             return Choice(artifact, threads if threads else (int(rec_threads) if rec_threads else None),
                           f"the bundle's benchmark recommendation for this device ({RECOMMENDATION_FILE})")
 
-    available = [f for f in FORMATS if f in installed
+    available = [f for f in formats.names() if f in installed
                  and any(a.format == f and a.id not in exclude for a in bundle.artifacts)]
     if not available and exclude:
         raise ValueError(f"{bundle.root}: no artifact opens here ({', '.join(sorted(exclude))} failed)")
@@ -113,7 +113,8 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
     if "onnx" in available and _onnx_has_gpu():
         order, why = ("onnx",), "ONNX Runtime has a GPU execution provider"
     else:
-        order, why = CPU_ORDER, "default order tflite, openvino, onnx among the installed runtimes"
+        order = cpu_order()
+        why = f"default order {', '.join(order)} among the installed runtimes"
     threads = threads or target_threads(bundle)
     for fmt in order:
         if fmt not in available:
@@ -124,6 +125,11 @@ def choose(bundle: Bundle, backend: str = "auto", precision: str | None = None, 
             continue
     raise ValueError(f"{bundle.root}: no {precision} artifact for any installed runtime "
                      f"(this bundle has: {', '.join(a.id for a in bundle.artifacts)})")
+
+
+def cpu_order() -> tuple[str, ...]:
+    """Formats by preference on a CPU (the format table's auto_rank)."""
+    return tuple(sorted(formats.names(), key=lambda name: formats.get(name).auto_rank))
 
 
 def target_threads(bundle: Bundle) -> int | None:

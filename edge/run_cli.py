@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from feredge.edge import formats
 from feredge.edge.device import host_difference, memory_mb
 from feredge.edge.paths import DEFAULT_BUNDLE, SAMPLE_DIR
 
@@ -187,12 +188,9 @@ def run(args) -> int:
     failed: set[str] = set()
     while True:  # with --backend auto, an artifact that does not open here hands over to the next choice
         choice = choose(bundle, args.backend, args.precision, args.threads, exclude=frozenset(failed))
-        options = {}
-        if choice.artifact.format == "onnx":
-            options["providers"] = args.providers if args.providers == "auto" else args.providers.split(",")
-        elif choice.artifact.format == "openvino":
-            options["device"] = args.device
-            options["precision_hint"] = args.openvino_hint
+        options = formats.runtime_options(
+            choice.artifact.format, providers=args.providers if args.providers == "auto" else args.providers.split(","),
+            device=args.device, precision_hint=args.openvino_hint)
         load_started = time.perf_counter()
         try:
             backend = bundle.open(choice.artifact, threads=choice.threads, **options)

@@ -3,7 +3,7 @@
 Calibration needs no labels and should take any folder of face crops a user has (one folder,
 class folders, a FER split root, mixed sizes), so it walks the folder itself and decodes only
 as many images as it needs. Verification and fine-tuning need labels, so they go through
-`models.datasets.load_dataset`, whose errors already name the file.
+`evaluation.datasets.load_dataset`, whose errors already name the file.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from feredge.edge.fileio import read_image
 from feredge.edge.labels import canonical_label
 from feredge.edge.preprocess import PreprocessSpec, preprocess
-from feredge.models.datasets import LabelledImages, load_dataset, stratified_split
+from feredge.evaluation.datasets import LabelledImages, load_dataset, stratified_split
 from feredge.edge.paths import SAMPLE_DIR
 
 log = logging.getLogger("feredge.export")

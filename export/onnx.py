@@ -14,6 +14,7 @@ what verification measures here is what every CPU computes.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,22 @@ def settings(precision: str, scheme: str = DEFAULT_SCHEME) -> dict:
             "scheme": scheme, "weights": s.weights, "activations": s.activations, "reduce_range": s.reduce_range,
             "portable": s.portable, "calibration": "MinMax",
             "preprocessing": "onnxruntime.quantization.quant_pre_process"}
+
+
+def convert(model, path: Path, precision: str, *, calib: np.ndarray | None = None, scratch: Path,
+            scheme: str | None = None) -> dict:
+    """Write `model` as .onnx at `path`: fp32 from tf2onnx, int8 quantized from that fp32 graph,
+    which is converted once per model into `scratch` and shared by both precisions."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"ONNX has no precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    fp32 = Path(scratch) / "onnx.fp32.onnx"
+    if not fp32.is_file():
+        convert_fp32(model, fp32)
+    if precision == "fp32":
+        shutil.copyfile(fp32, path)
+    else:
+        quantize_int8(fp32, path, calib, scratch, scheme or DEFAULT_SCHEME)
+    return settings(precision, scheme or DEFAULT_SCHEME)
 
 
 def convert_fp32(model, path: Path) -> None:

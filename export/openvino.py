@@ -51,7 +51,22 @@ def settings(precision: str, scheme: str = DEFAULT_SCHEME) -> dict:
     return base
 
 
-def convert(model):
+def convert(model, path: Path, precision: str, *, calib: np.ndarray | None = None, scratch: Path | None = None,
+            scheme: str | None = None) -> dict:
+    """Write `model` as OpenVINO IR (`path` .xml and its .bin); returns the manifest's settings,
+    for int8 with the NNCF candidate that was chosen."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"OpenVINO has no precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    scheme = scheme or DEFAULT_SCHEME
+    ir, chosen = to_ir(model), {}
+    if precision == "int8":
+        ir, chosen = quantize_int8(ir, calib, scheme)
+    save(ir, path, precision)
+    return settings(precision, scheme) | chosen
+
+
+def to_ir(model):
+    """The in-memory OpenVINO model of a tf-keras model."""
     import openvino as ov
 
     return ov.convert_model(model)

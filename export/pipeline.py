@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime
 import gzip
+import importlib
 import json
 import logging
 import os
@@ -24,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.edge.bundle import SCHEMA_VERSION, Bundle, sha256_file
+from feredge.edge import formats as format_table
+from feredge.edge.bundle import SCHEMA_VERSION, Artifact, Bundle, Verification, sha256_file
 from feredge.edge.device import host_record
+from feredge.edge.formats import PRECISIONS
 from feredge.edge.paths import SAMPLE_DIR
-from feredge.edge.tta import flip_averaged
-from feredge.export import onnx as onnx_export
-from feredge.export import openvino as ov_export
-from feredge.export import tflite as tflite_export
+from feredge.evaluation.predict import predict
 from feredge.export.bundle_writer import BundleWriter
 from feredge.export.calibration import list_calibration_files, load_calibration, labelled_sets
 from feredge.export.pruning import PruneRequest, parse_prune
@@ -41,14 +41,6 @@ from feredge.models.run_dir import locate_model
 
 log = logging.getLogger("feredge.export")
 
-FORMATS = ("tflite", "onnx", "openvino")
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
-OFFERED = {"tflite": tflite_export.PRECISIONS, "onnx": onnx_export.PRECISIONS, "openvino": ov_export.PRECISIONS}
-NOT_OFFERED = {
-    ("onnx", "fp16"): "not offered: ONNX Runtime's CPU provider runs fp16 graphs slower than fp32; use int8",
-    ("onnx", "dynamic"): "not offered: use the static int8 (QDQ) artifact, which also runs on TensorRT",
-    ("openvino", "dynamic"): "not offered: OpenVINO's CPU plugin has no dynamic-range mode; use int8 (NNCF)",
-}
 NOISY_LOGGERS = ("tf2onnx", "nncf", "absl", "onnxruntime", "openvino", "tensorflow")
 ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA")  # set: OpenVINO verified on a capped ISA, recorded
 
@@ -78,19 +70,19 @@ def plan(formats=None, precisions=None, skip=None) -> tuple[list[tuple[str, str]
     """(format, precision) jobs in a sensible order, and the combinations skipped with a note.
 
     `skip` names combinations to leave out ("openvino-fp32"), to keep a shipped bundle small."""
-    fmts = _as_list(formats, FORMATS, "format")
+    fmts = _as_list(formats, format_table.names(), "format")
     precs = _as_list(precisions, PRECISIONS, "precision")
-    every = {f"{fmt}-{prec}" for fmt in FORMATS for prec in PRECISIONS}
+    every = {f"{fmt}-{prec}" for fmt in format_table.names() for prec in PRECISIONS}
     unwanted = _as_list(skip, tuple(sorted(every)), "artifact to skip") if skip else []
     jobs, skipped = [], []
     for fmt in fmts:
         for prec in precs:
             if f"{fmt}-{prec}" in unwanted:
                 skipped.append({"format": fmt, "precision": prec, "reason": "left out on request (--skip)"})
-            elif prec in OFFERED[fmt]:
+            elif prec in format_table.get(fmt).precisions:
                 jobs.append((fmt, prec))
             else:
-                skipped.append({"format": fmt, "precision": prec, "reason": NOT_OFFERED.get((fmt, prec), "not offered")})
+                skipped.append({"format": fmt, "precision": prec, "reason": format_table.get(fmt).why_not(prec)})
     if not jobs:
         raise ValueError(f"nothing to export: {', '.join(fmts)} offer none of {', '.join(precs)}"
                          + (f" once {', '.join(unwanted)} are skipped" if unwanted else ""))
@@ -98,12 +90,7 @@ def plan(formats=None, precisions=None, skip=None) -> tuple[list[tuple[str, str]
 
 
 def relative_files(fmt: str, precision: str, tag: str | None) -> list[str]:
-    stem = f"model.{tag}.{precision}" if tag else f"model.{precision}"
-    if fmt == "tflite":
-        return [f"{stem}.tflite"]
-    if fmt == "onnx":
-        return [f"{stem}.onnx"]
-    return [f"openvino/{stem}.xml", f"openvino/{stem}.bin"]
+    return format_table.get(fmt).files(f"model.{tag}.{precision}" if tag else f"model.{precision}")
 
 
 def artifact_id(fmt: str, precision: str, tag: str | None) -> str:
@@ -117,80 +104,49 @@ def _quiet():
     return native_stderr_silenced()
 
 
-def keras_predict(model, x: np.ndarray, flip_average: bool = False) -> np.ndarray:
-    if not len(x):
-        return np.zeros((0, int(model.output_shape[-1])), np.float32)
-    if flip_average:
-        return flip_averaged(lambda b: keras_predict(model, b), x)
-    return np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float32)
-
-
 class _Exporter:
     """Converts and verifies one Keras model (the source or a pruned variant) into the bundle."""
 
     def __init__(self, writer: BundleWriter, jobs, calib, verify_set, scratch: Path, total: int,
-                 flip_average: bool = False, target=None):
+                 spec, target=None):
         self.writer, self.jobs, self.calib, self.verify_set = writer, jobs, calib, verify_set
         self.scratch, self.total, self.done = scratch, total, 0
-        self.flip_average = flip_average  # verified as the device will run it
+        self.spec = spec  # verified as the device will run it (flip-averaged or not)
         self.target = target or get_target(None)
 
-    def run(self, model, ref: Reference, tag: str | None = None, pruning: dict | None = None) -> list[dict]:
-        records, onnx_fp32, ov_model = [], None, None
+    def run(self, model, ref: Reference, tag: str | None = None, pruning: dict | None = None) -> list[Artifact]:
+        records = []
+        scratch = self.scratch / (tag or "model")  # what one model's conversions share (the ONNX fp32 graph)
+        scratch.mkdir(parents=True, exist_ok=True)
         for fmt, prec in self.jobs:
-            chosen = {}  # settings picked at conversion time, added to the static ones
             self.done += 1
             aid = artifact_id(fmt, prec, tag)
             files = relative_files(fmt, prec, tag)
             target = self.writer.path(files[0])
+            target.parent.mkdir(parents=True, exist_ok=True)
             log.info("[%d/%d] %s: converting", self.done, self.total, aid)
             started = time.perf_counter()
+            exporter = importlib.import_module(format_table.get(fmt).exporter)
             with _quiet(), contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress on stdout
-                if fmt == "tflite":
-                    tflite_export.convert(model, target, prec, self.calib.x)
-                elif fmt == "onnx":
-                    if onnx_fp32 is None:
-                        onnx_fp32 = target if prec == "fp32" else self.scratch / f"{tag or 'model'}.fp32.onnx"
-                        onnx_export.convert_fp32(model, onnx_fp32)
-                    if prec == "int8":
-                        onnx_export.quantize_int8(onnx_fp32, target, self.calib.x, self.scratch,
-                                                  self.target.onnx_scheme)
-                else:
-                    if prec == "int8":
-                        quantized, chosen = ov_export.quantize_int8(ov_export.convert(model), self.calib.x,
-                                                                    self.target.openvino_scheme)
-                        ov_export.save(quantized, target, prec)
-                    else:
-                        ov_model = ov_model or ov_export.convert(model)
-                        ov_export.save(ov_model, target, prec)
+                settings = exporter.convert(model, target, prec, calib=self.calib.x, scratch=scratch,
+                                            scheme=self.target.scheme_for(fmt))
             seconds = time.perf_counter() - started
             log.info("[%d/%d] %s: converted in %.1f s; verifying on %d faces", self.done, self.total, aid, seconds,
                      len(self.verify_set))
-            check = verify(target, fmt, prec, self.verify_set.x, self.verify_set.y, ref, self.flip_average)
+            check = verify(target, fmt, prec, self.verify_set.x, self.verify_set.y, ref, self.spec)
             paths = [self.writer.path(f) for f in files]
-            record = {
-                "id": aid, "format": fmt, "precision": prec, "files": files,
-                "bytes": int(sum(p.stat().st_size for p in paths)),
-                "sha256": {f: sha256_file(p) for f, p in zip(files, paths)},
-                "pruning": pruning, "verification": check,
-                "settings": self._settings(fmt, prec) | chosen,
-                "convert_seconds": round(seconds, 2),
-            }
-            if fmt == "tflite":
-                record["gzip_bytes"] = len(gzip.compress(paths[0].read_bytes(), 9))
+            records.append(Artifact(
+                id=aid, format=fmt, precision=prec, files=tuple(files),
+                bytes=int(sum(p.stat().st_size for p in paths)),
+                sha256={f: sha256_file(p) for f, p in zip(files, paths)},
+                pruning=pruning, verification=Verification.from_dict(check), settings=settings,
+                convert_seconds=round(seconds, 2),
+                gzip_bytes=sum(len(gzip.compress(p.read_bytes(), 9)) for p in paths)))
             acc = "-" if check["accuracy"] is None else f"{check['accuracy'] * 100:.2f} %"
             log.info("[%d/%d] %s: agreement %.2f %%, accuracy %s, ran %s%s", self.done, self.total, aid,
                      check["agreement"] * 100, acc, check["ran_precision"],
                      "" if check["passed"] else f"  FAILED: {check['failure']}")
-            records.append(record)
         return records
-
-    def _settings(self, fmt: str, prec: str) -> dict:
-        if fmt == "onnx":
-            return onnx_export.settings(prec, self.target.onnx_scheme)
-        if fmt == "openvino":
-            return ov_export.settings(prec, self.target.openvino_scheme)
-        return tflite_export.settings(prec)
 
 
 def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=None, calib_count: int = 300,
@@ -255,7 +211,7 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
         log.info("verification: %d faces from %s", len(verify_set), verify_set.source)
         if not len(verify_set):
             raise ValueError(f"{verify_set.source}: no verification images")
-        ref_probs = keras_predict(model, verify_set.x, source.spec.flip_average)
+        ref_probs = predict(model, verify_set.x, source.spec, prepared=True)
         ref_acc = accuracy(ref_probs, verify_set.y)
         if ref_acc is not None:
             log.info("Keras source accuracy on the verification faces: %.2f %%", ref_acc * 100)
@@ -265,17 +221,18 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
         warning = host_warning(profile, host)
         if warning:
             log.warning("%s", warning)
-        log.info("target %s: onnx int8 %s, openvino int8 %s; verifying on %s%s", profile.name, profile.onnx_scheme,
-                 profile.openvino_scheme, host["cpu"],
+        log.info("target %s: int8 schemes %s; verifying on %s%s", profile.name,
+                 ", ".join(f"{fmt} {profile.scheme_for(fmt)}" for fmt, _ in jobs if profile.scheme_for(fmt)) or "-",
+                 host["cpu"],
                  f" with {', '.join(f'{k}={v}' for k, v in caps.items())}" if caps else "")
         exporter = _Exporter(writer, jobs, calib_set, verify_set, Path(scratch), len(jobs) * (1 + len(requests)),
-                             source.spec.flip_average, profile)
+                             source.spec, profile)
         artifacts = exporter.run(model, Reference(ref_probs, ref_acc, ref_acc))
         reports = []
         for request in requests:
             pruned, report, brief = _prune(source, request, train, verify_set, ref_acc, finetune_epochs, seed,
                                            progress)
-            probs = keras_predict(pruned, verify_set.x, source.spec.flip_average)
+            probs = predict(pruned, verify_set.x, source.spec, prepared=True)
             variant = exporter.run(pruned, Reference(probs, accuracy(probs, verify_set.y), ref_acc), request.tag,
                                    brief)
             report["gzip_bytes"] = _gzip_comparison(artifacts, variant)
@@ -285,18 +242,18 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
             artifacts += variant
             del pruned
 
-        failures = [a for a in artifacts if not a["verification"]["passed"]]
+        failures = [a for a in artifacts if not a.verification.passed]
         rejected = []
         for a in failures:
             if allow_drop:
-                log.warning("%s: %s (kept: --allow-drop)", a["id"], a["verification"]["failure"])
-                a["verification"]["allowed"] = True
+                log.warning("%s: %s (kept: --allow-drop)", a.id, a.verification.failure)
+                a.verification.allowed = True
             else:
-                log.warning("%s: REJECTED, left out of the bundle: %s", a["id"], a["verification"]["failure"])
-                for name in a["files"]:
+                log.warning("%s: REJECTED, left out of the bundle: %s", a.id, a.verification.failure)
+                for name in a.files:
                     writer.path(name).unlink(missing_ok=True)
-                rejected.append({**a, "reason": a["verification"]["failure"]})
-        artifacts = [a for a in artifacts if a["verification"]["passed"] or allow_drop]
+                rejected.append({**a.to_dict(), "reason": a.verification.failure})
+        artifacts = [a for a in artifacts if a.verification.passed or allow_drop]
 
         writer.write_text("preprocess.json", json.dumps(source.spec.to_dict(), indent=2) + "\n")
         writer.write_text("labels.json", json.dumps(list(source.labels), indent=2) + "\n")
@@ -316,7 +273,7 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
             "calibration": {"source": calib_set.source, "count": len(calib_set)},
             "verification_data": {"source": verify_set.source, "count": len(verify_set),
                                   "labelled": int(verify_set.labelled.sum()), "keras_accuracy": ref_acc},
-            "artifacts": artifacts,
+            "artifacts": [a.to_dict() for a in artifacts],
             "rejected": rejected,
             "skipped": skipped,
             "pruning": reports,
@@ -336,28 +293,26 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
     return Bundle.load(out)
 
 
-def _gzip_comparison(unpruned: list[dict], pruned: list[dict]) -> dict:
-    base = {a["id"]: a for a in unpruned}
+def _gzip_comparison(unpruned: list[Artifact], pruned: list[Artifact]) -> dict:
+    base = {a.id: a for a in unpruned}
     out = {}
     for a in pruned:
-        if "gzip_bytes" in a:
-            twin = base.get(artifact_id(a["format"], a["precision"], None))
-            out[a["id"]] = {"pruned": a["gzip_bytes"], "unpruned": twin["gzip_bytes"] if twin else None,
-                            "file_bytes": a["bytes"]}
+        twin = base.get(artifact_id(a.format, a.precision, None))
+        out[a.id] = {"pruned": a.gzip_bytes, "unpruned": twin.gzip_bytes if twin else None, "file_bytes": a.bytes}
     return out
 
 
-def _tflite_latency(writer: BundleWriter, unpruned: list[dict], pruned: list[dict], x: np.ndarray) -> dict:
+def _tflite_latency(writer: BundleWriter, unpruned: list[Artifact], pruned: list[Artifact], x: np.ndarray) -> dict:
     """Single-face, one-thread LiteRT latency of the fp32 artifact before and after structured pruning."""
     from feredge.export.latency import artifact_latency_ms
 
-    twin = next((a for a in pruned if a["format"] == "tflite" and a["precision"] == "fp32"), None)
-    base = next((a for a in unpruned if a["id"] == "tflite-fp32"), None)
+    twin = next((a for a in pruned if a.format == "tflite" and a.precision == "fp32"), None)
+    base = next((a for a in unpruned if a.id == "tflite-fp32"), None)
     if twin is None or base is None:
         return {}
-    before, after = artifact_latency_ms([(writer.path(base["files"][0]), {}), (writer.path(twin["files"][0]), {})], x)
+    before, after = artifact_latency_ms([(writer.path(base.files[0]), {}), (writer.path(twin.files[0]), {})], x)
     log.info("LiteRT fp32 single-face latency (1 thread): %.3f -> %.3f ms", before, after)
-    return {"before": before, "after": after, "runtime": twin["verification"]["runtime"], "threads": 1}
+    return {"before": before, "after": after, "runtime": twin.verification.runtime, "threads": 1}
 
 
 def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: int, seed: int, progress: bool):
@@ -382,7 +337,7 @@ def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: in
                  "tag": request.tag}
     else:
         pruned, notes = pruning.structured_prune(model, request.amount)
-        before = accuracy(keras_predict(pruned, verify_set.x, source.spec.flip_average), verify_set.y)
+        before = accuracy(predict(pruned, verify_set.x, source.spec, prepared=True), verify_set.y)
         pruning.fine_tune(pruned, train, source.spec, epochs=epochs, lr=3e-4, seed=seed, verbose=verbose)
         report.update({
             "fraction": request.amount, "notes": notes, "finetune_lr": 3e-4,
@@ -394,7 +349,7 @@ def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: in
             log.info("  %s", note)
         brief = {"method": "structured", "fraction": request.amount, "tag": request.tag,
                  **{k: report[k] for k in ("parameters_before", "parameters_after", "macs_before", "macs_after")}}
-    after = accuracy(keras_predict(pruned, verify_set.x, source.spec.flip_average), verify_set.y)
+    after = accuracy(predict(pruned, verify_set.x, source.spec, prepared=True), verify_set.y)
     report["keras_accuracy"] = {"source": ref_acc, "pruned_before_finetune": before, "pruned": after}
     report["seconds"] = round(time.perf_counter() - started, 1)
     brief["keras_accuracy"] = after

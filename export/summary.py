@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import importlib.metadata
 
+from feredge.edge import formats
+from feredge.edge.bundle import Artifact, Verification
+from feredge.edge.formats import PRECISIONS
+
 # manifest key -> distribution (or module) that carries the version
 TOOLCHAIN = {
     "tensorflow": "tensorflow", "tf_keras": "tf-keras",
@@ -54,18 +58,18 @@ def _pruning(p) -> str:
     return f"structured {p['fraction']:.0%}"
 
 
-def format_table(artifacts: list[dict]) -> str:
-    """format, precision, pruning, size, agreement, accuracy, drop (points vs the unpruned source), ran."""
+def format_table(artifacts: list[tuple[Artifact, bool]]) -> str:
+    """format, precision, pruning, size, agreement, accuracy, drop (points vs the unpruned source), ran;
+    one row per (artifact, rejected)."""
     head = ["format", "precision", "pruning", "size", "agreement", "max|diff|", "accuracy", "drop (pts)", "ran",
             "check"]
     rows = []
-    for a in artifacts:
-        v = a["verification"]
-        check = "REJECTED" if "reason" in a else ("ok" if v["passed"] else "FAILED (allowed)")
-        rows.append([a["format"], a["precision"], _pruning(a.get("pruning")), human_bytes(a["bytes"]),
-                     _pct(v["agreement"]), f"{v['max_abs_diff']:.2g}", _pct(v["accuracy"]),
-                     _points(v["accuracy_drop"]), v["ran_precision"],
-                     check])
+    for a, rejected in artifacts:
+        v = a.verification or Verification()
+        check = "REJECTED" if rejected else ("ok" if v.passed else "FAILED (allowed)")
+        rows.append([a.format, a.precision, _pruning(a.pruning), human_bytes(a.bytes), _pct(v.agreement),
+                     "-" if v.max_abs_diff is None else f"{v.max_abs_diff:.2g}", _pct(v.accuracy),
+                     _points(v.accuracy_drop), str(v.ran_precision), check])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     right = {3, 4, 5, 6, 7}
 
@@ -88,13 +92,15 @@ def format_summary(manifest: dict) -> str:
              + ("; every figure is flip-averaged (face and mirror image)"
                 if manifest.get("preprocess", {}).get("flip_average") else ""),
              _target_line(manifest),
-             "", format_table(_in_export_order(manifest["artifacts"] + manifest.get("rejected", []))), ""]
+             "", format_table(_in_export_order(
+                 [(Artifact.from_dict(a), False) for a in manifest["artifacts"]]
+                 + [(Artifact.from_dict(a), True) for a in manifest.get("rejected", [])])), ""]
     for a in manifest.get("rejected", []):
         lines.append(f"rejected {a['id']} (not in the bundle): {a['reason']}")
-    for a in manifest["artifacts"]:
-        d = a["verification"].get("device_default")
-        if d and d["ran_precision"] != a["verification"]["ran_precision"]:
-            lines.append(f"{a['id']}: verified with an {a['verification']['precision_hint']} hint; this device's "
+    for a in map(Artifact.from_dict, manifest["artifacts"]):
+        d = a.verification.device_default if a.verification else None
+        if d and d["ran_precision"] != a.verification.ran_precision:
+            lines.append(f"{a.id}: verified with an {a.verification.precision_hint} hint; this device's "
                          f"default runs {d['ran_precision']}: agreement {_pct(d['agreement'])}, accuracy "
                          f"{_pct(d['accuracy'])}")
     if manifest.get("skipped"):
@@ -106,11 +112,11 @@ def format_summary(manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _in_export_order(records: list[dict]) -> list[dict]:
-    formats, precisions = ("tflite", "onnx", "openvino"), ("fp32", "fp16", "dynamic", "int8")
-    return sorted(records, key=lambda a: ((a.get("pruning") or {}).get("tag") or "",
-                                          formats.index(a["format"]) if a["format"] in formats else 9,
-                                          precisions.index(a["precision"]) if a["precision"] in precisions else 9))
+def _in_export_order(rows: list[tuple[Artifact, bool]]) -> list[tuple[Artifact, bool]]:
+    order = formats.names()
+    return sorted(rows, key=lambda row: ((row[0].pruning or {}).get("tag") or "",
+                                         order.index(row[0].format) if row[0].format in order else 99,
+                                         PRECISIONS.index(row[0].precision) if row[0].precision in PRECISIONS else 9))
 
 
 def _target_line(manifest: dict) -> str:
@@ -119,8 +125,10 @@ def _target_line(manifest: dict) -> str:
     target, host = manifest.get("target") or {}, manifest.get("verified_on")
     where = describe_host(host) if host else "an unrecorded CPU"
     caps = ", ".join(f"{k}={v}" for k, v in (host or {}).get("isa_cap", {}).items())
-    return (f"target {target.get('name', '-')}: int8 schemes onnx {target.get('onnx_scheme', '-')}, openvino "
-            f"{target.get('openvino_scheme', '-')}; verified on {where}" + (f" capped to {caps}" if caps else ""))
+    schemes = ", ".join(f"{key[:-len('_scheme')]} {value}" for key, value in target.items()
+                        if key.endswith("_scheme")) or "-"
+    return (f"target {target.get('name', '-')}: int8 schemes {schemes}; verified on {where}"
+            + (f" capped to {caps}" if caps else ""))
 
 
 def _pruning_lines(p: dict) -> str:

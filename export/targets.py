@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from feredge.edge import formats
 from feredge.export import onnx as onnx_export
 from feredge.export import openvino as ov_export
 
@@ -27,6 +28,10 @@ class Target:
     needs_isa: tuple[str, ...] = ()  # verification is representative only on a host with one of these
     note: str = ""
 
+    def scheme_for(self, fmt: str) -> str | None:
+        """The int8 scheme this target picks for a format (None: the format has one scheme)."""
+        return getattr(self, f"{fmt}_scheme", None)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "device": self.device, "formats": list(self.formats),
                 "precisions": None if self.precisions is None else list(self.precisions),
@@ -36,7 +41,7 @@ class Target:
 
 PORTABLE = {"onnx_scheme": onnx_export.DEFAULT_SCHEME, "openvino_scheme": ov_export.DEFAULT_SCHEME}
 ARM = {**PORTABLE, "onnx_scheme": "s8s8-r7"}  # ONNX Runtime's signed kernels are the native ones on ARM
-ALL = ("tflite", "onnx", "openvino")
+ALL = formats.names()
 
 TARGETS = {t.name: t for t in (
     Target("generic", "any CPU, x86 or ARM", ALL, None, **PORTABLE, threads=None,

@@ -13,7 +13,7 @@ import numpy as np
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
 
-def settings(precision: str) -> dict:
+def settings(precision: str, scheme: str | None = None) -> dict:
     return {
         "fp32": {"converter": "tf.lite.TFLiteConverter.from_keras_model"},
         "fp16": {"converter": "tf.lite.TFLiteConverter.from_keras_model", "weights": "float16",
@@ -26,8 +26,10 @@ def settings(precision: str) -> dict:
     }[precision]
 
 
-def convert(model, path: Path, precision: str, calib: np.ndarray | None = None) -> None:
-    """Write `model` as a .tflite file at `path`."""
+def convert(model, path: Path, precision: str, *, calib: np.ndarray | None = None, scratch: Path | None = None,
+            scheme: str | None = None) -> dict:
+    """Write `model` as a .tflite file at `path`; returns the manifest's settings (one int8 scheme:
+    LiteRT's XNNPACK kernels do not saturate on any CPU measured)."""
     from feredge.models.tf_env import tf
 
     if precision not in PRECISIONS:
@@ -52,3 +54,4 @@ def convert(model, path: Path, precision: str, calib: np.ndarray | None = None) 
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     Path(path).write_bytes(converter.convert())
+    return settings(precision)

@@ -17,9 +17,11 @@ import dataclasses
 
 import numpy as np
 
-from feredge.benchmarks.metrics import top1_agreement
+from feredge.evaluation.metrics import top1_agreement
+from feredge.edge import formats
 from feredge.edge.backends import open_artifact
-from feredge.edge.tta import with_flip_average
+from feredge.edge.preprocess import PreprocessSpec
+from feredge.evaluation.predict import predict
 
 MIN_AGREEMENT = 0.995
 MAX_ACCURACY_DROP = 0.01
@@ -52,27 +54,20 @@ def threshold(precision: str, labelled: bool) -> dict:
     return {"min_agreement": MIN_AGREEMENT_UNLABELLED}
 
 
-def backend_options(fmt: str, precision: str) -> dict:
-    return {"precision_hint": "f32"} if fmt == "openvino" and precision in ("fp32", "fp16") else {}
-
-
-def _run(path, x: np.ndarray, options: dict, flip_average: bool = False):
-    backend = with_flip_average(open_artifact(path, **options), flip_average)
+def _run(path, x: np.ndarray, options: dict, spec: PreprocessSpec):
+    backend = open_artifact(path, **options)
     try:
-        return predict(backend, x), backend.precision, backend.runtime
+        return predict(backend, x, spec, prepared=True), backend.precision, backend.runtime
     finally:
         backend.close()
 
 
-def predict(backend, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([backend.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
 def verify(path, fmt: str, precision: str, x: np.ndarray, y: np.ndarray | None, ref: Reference,
-           flip_average: bool = False) -> dict:
-    """The manifest's verification record for one artifact file (run flip-averaged if the model is)."""
-    options = backend_options(fmt, precision)
-    probs, ran, runtime = _run(path, x, options, flip_average)
+           spec: PreprocessSpec) -> dict:
+    """The manifest's verification record for one artifact file, run on prepared faces `x` as the
+    spec says (flip-averaged if the model is)."""
+    options = dict(formats.get(fmt).verify_options.get(precision, {}))
+    probs, ran, runtime = _run(path, x, options, spec)
     acc = accuracy(probs, y)
     rule = threshold(precision, acc is not None and ref.accuracy is not None)
     record = {
@@ -92,7 +87,7 @@ def verify(path, fmt: str, precision: str, x: np.ndarray, y: np.ndarray | None, 
     }
     record["passed"], record["failure"] = _judge(record, rule)
     if options:  # what this device runs when nobody asks for a precision
-        default_probs, default_ran, _ = _run(path, x, {}, flip_average)
+        default_probs, default_ran, _ = _run(path, x, {}, spec)
         record["device_default"] = {"ran_precision": default_ran,
                                     "agreement": top1_agreement(default_probs, ref.probs),
                                     "max_abs_diff": float(np.max(np.abs(default_probs - ref.probs))),

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from feredge.benchmarks.metrics import format_confusion, format_report
+    from feredge.evaluation.metrics import format_confusion, format_report
     from feredge.models.evaluate import evaluate_path
     from feredge.edge.paths import SAMPLE_DIR
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     flip = {"spec": None, "on": True, "off": False}[args.flip_average]
     perturb = ()
     if args.perturb is not None:
-        from feredge.benchmarks.perturb import parse_conditions
+        from feredge.evaluation.perturb import parse_conditions
         perturb = parse_conditions(args.perturb)
     from feredge.edge import preprocess_flags
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print("\nconfusion matrix (rows: true, columns: predicted)")
         print(format_confusion(report["confusion_matrix"], report["labels"]))
         if report.get("robustness"):
-            from feredge.models.evaluate import format_robustness
+            from feredge.evaluation.scoring import format_robustness
             print("\nunder camera-path perturbations (agreement: same label as on the clean crop)")
             print(format_robustness(report))
     return 0
@@ -87,11 +87,12 @@ def _default_model():
         has_tensorflow = False
     if has_tensorflow:
         return PRETRAINED_DIR
+    from feredge.edge import formats
     from feredge.edge.backends import installed_formats
     from feredge.edge.bundle import Bundle
 
     bundle = Bundle.load(DEFAULT_BUNDLE)
-    for fmt in ("tflite", "onnx", "openvino"):
+    for fmt in formats.names():
         if fmt in installed_formats():
             artifact = next((a for a in bundle.artifacts if a.format == fmt and a.precision == "fp32"), None) \
                 or next((a for a in bundle.artifacts if a.format == fmt), None)

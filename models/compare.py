@@ -34,8 +34,8 @@ def keras_ms_per_face(model, input_shape, runs: int = 200, warmup: int = 20) -> 
 
 def describe_run(run: str | Path, data, split: str | None) -> dict:
     from feredge.models.architectures import count_macs
-    from feredge.models.datasets import load_dataset
-    from feredge.models.evaluate import evaluate_model
+    from feredge.evaluation.datasets import load_dataset
+    from feredge.evaluation.scoring import evaluate_model
     from feredge.models.run_dir import base_run, locate_model, run_record
     from feredge.models.model_io import load_keras_model
 

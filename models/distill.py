@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feredge.edge.preprocess import preprocess
-from feredge.edge.tta import flip_averaged
+from feredge.evaluation.predict import predict
 
 log = logging.getLogger("feredge.distill")
 
@@ -53,12 +52,7 @@ def load_teacher(teacher: str | Path, classes):
 def label_images(loaded, images: np.ndarray, *, flip: bool = True, batch_size: int = 256) -> np.ndarray:
     """Class probabilities of a `load_teacher` result for raw `images`, flip-averaged when `flip`."""
     model, spec, order = loaded
-    out = np.empty((len(images), len(order)), np.float32)
-    for start in range(0, len(images), batch_size):
-        x = preprocess(images[start:start + batch_size], spec)
-        p = flip_averaged(model.predict_on_batch, x) if flip else np.asarray(model.predict_on_batch(x))
-        out[start:start + batch_size] = p[:, order]
-    return out
+    return predict(model, images, spec.replace(flip_average=flip), batch_size=batch_size)[:, order]
 
 
 def teacher_probabilities(teacher: str | Path, images: np.ndarray, classes, *, batch_size: int = 256) -> np.ndarray:

@@ -1,93 +1,16 @@
-"""`feredge eval`: accuracy, per-class precision/recall/F1 and the confusion matrix of a Keras model.
+"""`feredge eval`: load a Keras model or an exported artifact and score it on labelled faces.
 
-The metric code is `benchmarks.metrics` (numpy only), so a device reports the same numbers.
+The scoring itself is `evaluation.scoring` (no TensorFlow), so an artifact on a device is scored
+by the same code as its Keras source.
 """
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 
 import numpy as np
 
-from feredge.benchmarks.metrics import classification_report, format_confusion, format_report
-from feredge.edge.fileio import write_text_atomic
-from feredge.edge.preprocess import PreprocessSpec, preprocess
-from feredge.edge.tta import flip_averaged
-from feredge.models.datasets import LabelledImages
-
-log = logging.getLogger("feredge.eval")
-
-
-def predict_probs(model, images: np.ndarray, spec: PreprocessSpec, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities for uint8 face crops, preprocessed in chunks to bound memory; flip-averaged
-    when the spec says so, as on the device."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = preprocess(images[start:start + batch_size], spec)
-        out.append(flip_averaged(model.predict_on_batch, x) if spec.flip_average else model.predict_on_batch(x))
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
-
-
-def labels_in_model_order(data: LabelledImages, model_labels: tuple[str, ...]) -> np.ndarray:
-    """The dataset's labels re-indexed by name into the model's output order."""
-    position = {name: i for i, name in enumerate(model_labels)}
-    missing = sorted({data.classes[i] for i in np.unique(data.labels)} - set(position))
-    if missing:
-        raise ValueError(f"the data has class(es) {', '.join(missing)} that the model does not predict "
-                         f"(model labels: {', '.join(model_labels)})")
-    lookup = np.array([position.get(name, -1) for name in data.classes])
-    return lookup[data.labels]
-
-
-def evaluate_model(model, data: LabelledImages, spec: PreprocessSpec, model_labels, perturb=()) -> dict:
-    """The classification report; with perturb (benchmarks.perturb.Condition list) also a
-    "robustness" list: accuracy, macro-F1 and agreement with the clean labels under each condition."""
-    y_true = labels_in_model_order(data, tuple(model_labels))
-    clean = predict_probs(model, data.images, spec).argmax(axis=1)
-    report = classification_report(y_true, clean, list(model_labels))
-    if perturb:
-        report["robustness"] = []
-        for i, condition in enumerate(perturb, 1):
-            log.info("perturbation %d/%d: %s", i, len(perturb), condition.name)
-            pred = predict_probs(model, condition.apply(data.images), spec).argmax(axis=1)
-            scores = classification_report(y_true, pred, list(model_labels))
-            report["robustness"].append({
-                "condition": condition.name, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
-                "accuracy_drop": report["accuracy"] - scores["accuracy"],
-                "agreement": float(np.mean(pred == clean)) if len(clean) else 1.0})
-    return report
-
-
-def format_robustness(report: dict) -> str:
-    """The robustness rows as a table (percentages)."""
-    lines = [f"{'condition':<12} {'accuracy':>9} {'drop':>7} {'macro-F1':>9} {'agreement':>10}",
-             f"{'clean':<12} {100 * report['accuracy']:8.2f}% {'':>7} {report['macro_f1']:9.4f} {'100.00%':>10}"]
-    for row in report.get("robustness", []):
-        lines.append(f"{row['condition']:<12} {100 * row['accuracy']:8.2f}% {100 * row['accuracy_drop']:+6.2f} "
-                     f"{row['macro_f1']:9.4f} {100 * row['agreement']:9.2f}%")
-    return "\n".join(lines)
-
-
-def write_evaluation(report: dict, out_dir: str | Path, title: str) -> None:
-    """metrics.json, report.txt and confusion.png into out_dir; robustness.png too when a kind of
-    perturbation was measured at two or more values."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
-    text = f"{title}\n\n{format_report(report)}\n\nconfusion matrix (rows: true, columns: predicted)\n" \
-           f"{format_confusion(report['confusion_matrix'], report['labels'])}\n"
-    if report.get("robustness"):
-        text += f"\nunder camera-path perturbations (agreement: same label as on the clean crop)\n" \
-                f"{format_robustness(report)}\n"
-    write_text_atomic(out_dir / "report.txt", text)
-    try:
-        from feredge.benchmarks.plots import plot_confusion, plot_robustness
-        plot_confusion(np.array(report["confusion_matrix"]), report["labels"], out_dir / "confusion.png", title=title)
-        if report.get("robustness"):
-            plot_robustness(report["accuracy"], report["robustness"], out_dir / "robustness.png", title=title)
-    except ImportError:
-        log.warning("matplotlib is not installed: no confusion.png")
+from feredge.edge import formats
+from feredge.evaluation.scoring import evaluate_model, write_evaluation
 
 
 def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = None, *,
@@ -99,14 +22,14 @@ def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = 
     with the bundle's preprocessing and labels, so a quantized model is scored the same way.
 
     flip_average: None runs the model as its spec says; True/False overrides that, to measure both.
-    perturb: benchmarks.perturb conditions to score the model under as well. labels and
+    perturb: evaluation.perturb conditions to score the model under as well. labels and
     preprocess (edge.preprocess_flags fields) describe a model that has no labels.json or
     preprocess.json beside it; an artifact's bundle already records both. limit: score that many
     faces spread evenly over the set (a fixed subset).
     """
-    from feredge.models.datasets import load_dataset
+    from feredge.evaluation.datasets import load_dataset
 
-    if Path(model_path).suffix.lower() in ARTIFACT_SUFFIXES:
+    if formats.of_path(model_path) is not None:  # an exported artifact, run by its edge backend
         if labels is not None or preprocess:
             raise ValueError(f"{model_path}: an exported artifact takes its labels and preprocessing from its "
                              f"bundle's manifest; --labels and the preprocessing flags are for Keras models")
@@ -126,9 +49,6 @@ def evaluate_path(model_path: str | Path, data: str | Path, split: str | None = 
         title = f"{Path(name).name}{' (flip-averaged)' if spec.flip_average else ''} on {report['data']}"
         write_evaluation(report, out_dir, title=title)
     return report
-
-
-ARTIFACT_SUFFIXES = (".tflite", ".onnx", ".xml")
 
 
 def _load_keras(model_path, labels=None, preprocess: dict | None = None):
@@ -157,18 +77,6 @@ def _load_keras(model_path, labels=None, preprocess: dict | None = None):
     return model, spec, labels, files.model
 
 
-class _ArtifactModel:
-    """An edge backend behind the two Keras members that evaluation uses."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.output_shape = (None, backend.num_classes)
-        self.input_shape = (None, *backend.input_shape)
-
-    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
-        return self.backend.predict(x)
-
-
 def _load_artifact(path: Path):
     """(model, spec, labels, file) for an artifact listed in the manifest of its bundle (the
     artifact's folder, or the one above for openvino/), checked against the manifest's sha256."""
@@ -186,7 +94,7 @@ def _load_artifact(path: Path):
     if artifact is None:
         raise ValueError(f"{path}: not listed in {root / MANIFEST}")
     bundle.check(artifact)
-    # the raw backend: predict_probs flip-averages by the spec itself
-    return _ArtifactModel(open_artifact(path)), bundle.spec, bundle.labels, path
+    # the raw backend: evaluation.predict flip-averages by the spec itself
+    return open_artifact(path), bundle.spec, bundle.labels, path
 
 

@@ -22,7 +22,7 @@ from feredge.edge.fileio import write_text_atomic
 from feredge.edge.preprocess import PreprocessSpec, fit_zscore, preprocess
 from feredge.models import git_models
 from feredge.models.augment import PRESETS, augment_batch
-from feredge.models.datasets import LabelledImages, load_dataset, stratified_split
+from feredge.evaluation.datasets import LabelledImages, load_dataset, stratified_split
 from feredge.models.run_dir import LABELS_FILE, MODEL_FILE, SPEC_FILE, save_labels
 
 log = logging.getLogger("feredge.train")
@@ -507,7 +507,7 @@ def _track_progress(cfg: TrainConfig, state: TrainState, metrics: dict, epoch: i
 
 def finish_run(run: Path, val_set: LabelledImages, spec: PreprocessSpec, classes, state: TrainState) -> dict:
     """Evaluate the best model on the validation set and write curves, metrics and plots."""
-    from feredge.models.evaluate import evaluate_model, write_evaluation
+    from feredge.evaluation.scoring import evaluate_model, write_evaluation
     from feredge.models.model_io import load_keras_model
 
     model = load_keras_model(run / MODEL_FILE)
@@ -518,7 +518,7 @@ def finish_run(run: Path, val_set: LabelledImages, spec: PreprocessSpec, classes
         report["averaged_epochs"] = state.swa_averaged
     write_evaluation(report, run / "eval", title=f"{run.name} on validation")
     try:
-        from feredge.benchmarks.plots import plot_history
+        from feredge.evaluation.plots import plot_history
         plot_history(state.history, run / "history.png", title=run.name)
     except ImportError:
         log.warning("matplotlib is not installed: no history.png")

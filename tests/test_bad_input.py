@@ -345,7 +345,7 @@ def test_a_sink_that_fails_while_closing_does_not_hide_why_the_run_failed(caplog
 
 
 def test_unknown_class_folder_names_a_fix_that_exists(tmp_path):
-    from feredge.models.datasets import load_dataset
+    from feredge.evaluation.datasets import load_dataset
 
     (tmp_path / "bored").mkdir()
     import cv2

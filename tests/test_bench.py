@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from feredge.benchmarks.harness import BenchOptions, run_bench
+from feredge.benchmarks.records import BenchRecord
 from feredge.benchmarks.merge import merge_results
 from feredge.benchmarks.recommend import RECOMMENDATION_FILE, apply_gate, recommend
 from feredge.benchmarks.report import format_table, to_csv, write_reports
@@ -35,28 +36,28 @@ def test_records_are_complete_and_consistent(result, bundle):
     b = Bundle.load(bundle)
     records = result["records"]
     ids = {a.id for a in b.artifacts if a.format == "tflite"} | {"onnx-fp32"}
-    assert {(r["artifact"], r["threads"]) for r in records} == {(i, t) for i in ids for t in (1, 2)}
+    assert {(r.artifact, r.threads) for r in records} == {(i, t) for i in ids for t in (1, 2)}
     assert result["reference"] == "keras" and result["samples"] == 350
     for r in records:
-        assert r["status"] == "ok", r["status"]
-        assert r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
-        assert r["fps"] == pytest.approx(1000 / r["mean_ms"])
-        assert r["runs"] >= 5 and r["load_ms"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 0
-        assert r["size_bytes"] == b.find(id=r["artifact"]).bytes
-        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["agreement"] <= 1.0 and 0.0 <= r["macro_f1"] <= 1.0
-        assert r["accuracy_drop"] == pytest.approx(r["reference_accuracy"] - r["accuracy"])
-        assert r["precision_ran"] and r["runtime"] and r["device"]["cpu"]
-    fp32 = next(r for r in records if r["artifact"] == "tflite-fp32")
-    assert fp32["agreement"] >= 0.99 and fp32["precision_ran"] == "fp32"
+        assert r.status == "ok", r.status
+        assert r.min_ms <= r.p50_ms <= r.p90_ms <= r.p99_ms <= r.max_ms
+        assert r.fps == pytest.approx(1000 / r.mean_ms)
+        assert r.runs >= 5 and r.load_ms > 0 and r.first_inference_ms > 0 and r.peak_rss_mb > 0
+        assert r.size_bytes == b.find(id=r.artifact).bytes
+        assert 0.0 <= r.accuracy <= 1.0 and 0.0 <= r.agreement <= 1.0 and 0.0 <= r.macro_f1 <= 1.0
+        assert r.accuracy_drop == pytest.approx(r.reference_accuracy - r.accuracy)
+        assert r.precision_ran and r.runtime and r.device["cpu"]
+    fp32 = next(r for r in records if r.artifact == "tflite-fp32")
+    assert fp32.agreement >= 0.99 and fp32.precision_ran == "fp32"
 
 
 def test_accuracy_matches_the_export_verification(result, bundle):
     """The harness and the exporter measure the same thing on the same sample."""
     b = Bundle.load(bundle)
     for r in result["records"]:
-        verification = b.find(id=r["artifact"]).verification
-        if verification and verification.get("samples") == result["samples"]:
-            assert r["accuracy"] == pytest.approx(verification["accuracy"], abs=1e-9)
+        verification = b.find(id=r.artifact).verification
+        if verification and verification.samples == result["samples"]:
+            assert r.accuracy == pytest.approx(verification.accuracy, abs=1e-9)
 
 
 def test_gate_flags_a_degraded_artifact(bundle, tmp_path):
@@ -72,10 +73,10 @@ def test_gate_flags_a_degraded_artifact(bundle, tmp_path):
     (degraded / "manifest.json").write_text(json.dumps(manifest))
     res = run_bench(degraded, BenchOptions(select=("tflite-fp32", "tflite-int8"), **QUICK), progress=False)
     apply_gate(res["records"], max_drop=1.0)
-    bad = next(r for r in res["records"] if r["artifact"] == "tflite-int8")
-    good = next(r for r in res["records"] if r["artifact"] == "tflite-fp32")
-    assert bad["accuracy_drop"] > 0.05 and any("drops" in f for f in bad["flags"])
-    assert not any("drops" in f for f in good["flags"])
+    bad = next(r for r in res["records"] if r.artifact == "tflite-int8")
+    good = next(r for r in res["records"] if r.artifact == "tflite-fp32")
+    assert bad.accuracy_drop > 0.05 and any("drops" in f for f in bad.flags)
+    assert not any("drops" in f for f in good.flags)
     assert recommend(res["records"], max_drop=1.0)["artifact"] == "tflite-fp32"
 
 
@@ -98,15 +99,15 @@ def _scramble_tflite_weights(path):
 
 def test_gate_and_recommendation_rules():
     device = {"machine": "x", "cpu": "c", "system": "s"}
-    rec = lambda a, prec, p50, drop, thr=1: {"artifact": a, "format": "tflite", "precision": prec, "threads": thr,  # noqa: E731
-                                             "batch": 1, "status": "ok", "p50_ms": p50, "fps": 1000 / p50,
-                                             "accuracy": 0.6 - drop, "accuracy_drop": drop, "device": device}
+    rec = lambda a, prec, p50, drop, thr=1: BenchRecord(  # noqa: E731
+        artifact=a, format="tflite", precision=prec, threads=thr, batch=1, size_bytes=1, p50_ms=p50, fps=1000 / p50,
+        accuracy=0.6 - drop, accuracy_drop=drop, device=device)
     records = [rec("tflite-fp32", "fp32", 1.0, 0.0), rec("tflite-int8", "int8", 1.5, 0.002),
                rec("tflite-dynamic", "dynamic", 0.5, 0.03)]
     apply_gate(records, max_drop=1.0)
-    assert any("slower than tflite-fp32" in f for f in records[1]["flags"])
-    assert any("drops 3.00 points" in f for f in records[2]["flags"])
-    assert records[0]["flags"] == []
+    assert any("slower than tflite-fp32" in f for f in records[1].flags)
+    assert any("drops 3.00 points" in f for f in records[2].flags)
+    assert records[0].flags == []
     assert recommend(records, max_drop=1.0)["artifact"] == "tflite-fp32"
     assert recommend(records, max_drop=5.0)["artifact"] == "tflite-dynamic"
 
@@ -116,7 +117,7 @@ def test_reports_and_compare(result, tmp_path):
     for key in ("json", "csv", "md", "latency_plot"):
         assert written[key].stat().st_size > 100, key
     assert to_csv(result["records"]).count("\n") == len(result["records"]) + 1
-    other = json.loads(json.dumps(result))
+    other = json.loads(json.dumps({**result, "records": [r.to_dict() for r in result["records"]]}))
     other["device"] = {**other["device"], "hostname": "pi5", "board": "Raspberry Pi 5 Model B Rev 1.0"}
     for r in other["records"]:
         r["device"] = {**r["device"], "board": "Raspberry Pi 5 Model B Rev 1.0"}

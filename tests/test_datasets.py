@@ -1,4 +1,4 @@
-"""models.datasets on small generated data: every layout, every kind of bad input, the cache."""
+"""evaluation.datasets on small generated data: every layout, every kind of bad input, the cache."""
 from __future__ import annotations
 
 import logging
@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-import feredge.models.datasets as ds
+import feredge.evaluation.datasets as ds
 from feredge.edge.labels import FER2013_CSV_ORDER, FER2013_LABELS
-from feredge.models.datasets import DatasetError, LabelledImages, load_dataset, stratified_split, write_image_folder
+from feredge.evaluation.datasets import DatasetError, LabelledImages, load_dataset, stratified_split, write_image_folder
 
 RNG = np.random.default_rng(0)
 

@@ -26,7 +26,7 @@ from feredge.edge.labels import FER2013_LABELS  # noqa: E402
 from feredge.edge.preprocess import PreprocessSpec, preprocess  # noqa: E402
 from feredge.export import export_model  # noqa: E402
 from feredge.export.pipeline import ExportIncomplete  # noqa: E402
-from feredge.models.datasets import load_dataset  # noqa: E402
+from feredge.evaluation.datasets import load_dataset  # noqa: E402
 from feredge.models.tf_env import keras  # noqa: E402
 from feredge.models.train import TrainConfig, train  # noqa: E402
 from export_helpers import user_model  # noqa: E402
@@ -166,8 +166,8 @@ def test_every_artifact_runs_through_the_edge_backends(bundle, trained_run, test
             assert agreement >= 0.995 and np.abs(probs - reference).max() < 0.02, artifact.id
         else:
             assert agreement >= 0.9, artifact.id
-    assert bundle.find("tflite", "int8").verification["ran_precision"] == "int8"
-    assert bundle.find("onnx", "int8").verification["ran_precision"] == "int8"
+    assert bundle.find("tflite", "int8").verification.ran_precision == "int8"
+    assert bundle.find("onnx", "int8").verification.ran_precision == "int8"
 
 
 def _weights_of(artifact_path: Path, fmt: str) -> list[tuple[str, np.ndarray]]:
@@ -250,7 +250,7 @@ def test_failed_verification_names_the_artifact_and_keeps_the_old_bundle(bundle,
     kept = export_model(trained_run, out, formats="tflite", precisions="fp32", data=synthetic_dataset,
                         allow_drop=True, progress=False)
     v = kept.find("tflite", "fp32").verification
-    assert v["passed"] is False and v["allowed"] is True
+    assert v.passed is False and v.allowed is True
     assert "FAILED (allowed)" in (out / "summary.txt").read_text()
     assert [a.id for a in kept.artifacts] == ["tflite-fp32"]  # the old bundle was replaced whole
 
@@ -308,9 +308,9 @@ def test_user_model_64x64_rgb_five_classes(synthetic_dataset, tmp_path):
     for a in out.artifacts:
         v = a.verification
         if a.precision == "fp32":
-            assert v["passed"] and v["agreement"] >= 0.995, (a.id, v)
+            assert v.passed and v.agreement >= 0.995, (a.id, v)
         else:
-            assert v["agreement"] >= 0.85, (a.id, v)
+            assert v.agreement >= 0.85, (a.id, v)
         with out.open(a) as backend:
             assert backend.input_shape == (64, 64, 3) and backend.num_classes == 5
 

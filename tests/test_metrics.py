@@ -1,4 +1,4 @@
-"""benchmarks.metrics against hand-computed numbers, and benchmarks.plots PNG output."""
+"""evaluation.metrics against hand-computed numbers, and evaluation.plots PNG output."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pytest
 from pytest import approx
 
 import feredge.edge.fileio as edge_fileio
-from feredge.benchmarks.metrics import (classification_report, confusion_matrix, format_confusion,
+from feredge.evaluation.metrics import (classification_report, confusion_matrix, format_confusion,
                                 format_report, top1_agreement)
 
 LABELS = ["angry", "happy", "sad"]
@@ -191,7 +191,7 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def test_plot_confusion_writes_png(tmp_path):
-    from feredge.benchmarks.plots import plot_confusion
+    from feredge.evaluation.plots import plot_confusion
     labels = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
     rng = np.random.default_rng(0)
     cm = confusion_matrix(rng.integers(0, 7, 200), rng.integers(0, 7, 200), 7)
@@ -207,7 +207,7 @@ def test_plot_confusion_writes_png(tmp_path):
 
 
 def test_plot_history_writes_png(tmp_path):
-    from feredge.benchmarks.plots import plot_history
+    from feredge.evaluation.plots import plot_history
     hist = {"loss": [1.5, 1.1, 0.9], "val_loss": [1.6, 1.2, 1.3],
             "accuracy": [0.3, 0.5, 0.6], "val_accuracy": [0.28, 0.45, 0.44],
             "learning_rate": [1e-3, 1e-3, 1e-4]}
@@ -223,7 +223,7 @@ def test_plot_history_writes_png(tmp_path):
 
 
 def test_plot_robustness_draws_a_panel_per_kind_with_two_values(tmp_path):
-    from feredge.benchmarks.plots import plot_robustness
+    from feredge.evaluation.plots import plot_robustness
 
     def row(condition, acc, agree):
         return {"condition": condition, "accuracy": acc, "agreement": agree}
@@ -237,7 +237,7 @@ def test_plot_robustness_draws_a_panel_per_kind_with_two_values(tmp_path):
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    from feredge.benchmarks.plots import plot_confusion, plot_history
+    from feredge.evaluation.plots import plot_confusion, plot_history
     out = tmp_path / "cm.png"
     out.write_bytes(b"old")
 
@@ -254,7 +254,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_importing_plots_does_not_import_matplotlib():
-    code = "import sys, benchmarks.plots, benchmarks.metrics; print('matplotlib' in sys.modules)"
+    code = "import sys, feredge.evaluation.plots, feredge.evaluation.metrics; print('matplotlib' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=60)

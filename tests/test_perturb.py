@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from feredge.benchmarks.perturb import DEFAULT_CONDITIONS, KINDS, Condition, parse_conditions
+from feredge.evaluation.perturb import DEFAULT_CONDITIONS, KINDS, Condition, parse_conditions
 
 
 @pytest.fixture

@@ -163,9 +163,9 @@ def test_magnitude_pruning_reaches_the_asked_sparsity(pruned_bundle):
     assert _tflite_kernel_sparsity(pruned_bundle.path(pruned_bundle.find(id="tflite-fp32"))) < 0.05
     sizes = report["gzip_bytes"]["tflite-fp32-pruned50"]
     assert sizes["pruned"] < 0.8 * sizes["unpruned"]
-    assert art.verification["agreement"] >= 0.995  # against the pruned Keras model it came from
-    assert art.verification["reference_accuracy"] == pruned_bundle.manifest["verification_data"]["keras_accuracy"]
-    assert art.verification["source_accuracy"] == report["keras_accuracy"]["pruned"]
+    assert art.verification.agreement >= 0.995  # against the pruned Keras model it came from
+    assert art.verification.reference_accuracy == pruned_bundle.manifest["verification_data"]["keras_accuracy"]
+    assert art.verification.source_accuracy == report["keras_accuracy"]["pruned"]
 
 
 def test_structured_pruning_has_fewer_macs_and_still_runs(pruned_bundle):
@@ -176,7 +176,7 @@ def test_structured_pruning_has_fewer_macs_and_still_runs(pruned_bundle):
     report = next(r for r in pruned_bundle.manifest["pruning"] if r["method"] == "structured")
     assert report["latency_ms_after"] > 0 and report["notes"]
     fp32 = pruned_bundle.find(id="tflite-fp32-structured25")
-    assert fp32.verification["agreement"] >= 0.995
+    assert fp32.verification.agreement >= 0.995
     assert fp32.bytes < pruned_bundle.find(id="tflite-fp32").bytes
     x = np.random.default_rng(0).random((3, 48, 48, 1), np.float32)
     with pruned_bundle.open(art) as backend:

@@ -93,7 +93,7 @@ def test_bench_worker_times_and_scores_both_passes(bundle, faces, tmp_path):
     path = str(bundle.path(bundle.find("tflite", "fp32")))
     job = {"path": path, "threads": 1, "warmup_s": 0, "min_s": 0, "min_runs": 3, "data": str(tmp_path / "x.npy")}
     measure({**job, "probs_out": str(tmp_path / "plain.npy")})
-    measure({**job, "flip_average": True, "probs_out": str(tmp_path / "flip.npy")})
+    measure({**job, "spec": bundle.spec.replace(flip_average=True).to_dict(), "probs_out": str(tmp_path / "flip.npy")})
     with bundle.open(format="tflite", precision="fp32") as raw:
         expected = (raw.predict(faces) + raw.predict(mirrored(faces))) / 2
     np.testing.assert_allclose(np.load(tmp_path / "flip.npy"), expected, atol=1e-5)
@@ -108,14 +108,14 @@ def test_bench_rows_of_a_flip_averaged_bundle_say_so(bundle, tmp_path):
     opts = BenchOptions(select=("tflite-fp32",), warmup_s=0, min_s=0, min_runs=3, reference="artifact")
     records = run_bench(copy, opts, progress=False)["records"]
     apply_gate(records, max_drop=1.0)
-    assert [r["flip_average"] for r in records] == [True]
-    assert any("flip-averaged" in flag for flag in records[0]["flags"])
+    assert [r.flip_average for r in records] == [True]
+    assert any("flip-averaged" in flag for flag in records[0].flags)
 
 
 def test_keras_evaluation_follows_the_override(tmp_path):
     import cv2
 
-    from feredge.benchmarks.metrics import classification_report
+    from feredge.evaluation.metrics import classification_report
     from feredge.models.evaluate import evaluate_path
     from feredge.models.tf_env import keras
 

@@ -9,35 +9,27 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from feredge.edge import formats
 from feredge.edge.backends.base import Backend, BackendError
 
-# format -> (module, the Python packages that can run it, in order of preference)
-_BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "tflite": ("feredge.edge.backends.tflite", ("ai_edge_litert", "tflite_runtime")),
-    "onnx": ("feredge.edge.backends.onnxrt", ("onnxruntime",)),
-    "openvino": ("feredge.edge.backends.openvino", ("openvino",)),
-}
-_SUFFIX_FORMAT = {".tflite": "tflite", ".onnx": "onnx", ".xml": "openvino"}
-
-__all__ = ["Backend", "BackendError", "FORMATS", "format_of", "installed_formats", "open_artifact"]
-
-FORMATS = tuple(_BACKENDS)
+__all__ = ["Backend", "BackendError", "format_of", "installed_formats", "open_artifact"]
 
 
 def format_of(path: str | Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in _SUFFIX_FORMAT:
-        raise BackendError(f"{path}: unknown artifact type {suffix!r} (expected .tflite, .onnx or OpenVINO .xml)")
-    return _SUFFIX_FORMAT[suffix]
+    fmt = formats.of_path(path)
+    if fmt is None:
+        known = ", ".join(f"{f.suffix} ({f.name})" for f in map(formats.get, formats.names()))
+        raise BackendError(f"{path}: unknown artifact type {Path(path).suffix.lower()!r} (expected {known})")
+    return fmt.name
 
 
 def installed_formats() -> dict[str, str]:
     """Formats this device can run -> the Python package that would run it."""
     found = {}
-    for fmt, (_, packages) in _BACKENDS.items():
-        for package in packages:
+    for name in formats.names():
+        for package in formats.get(name).runtimes:
             if importlib.util.find_spec(package) is not None:
-                found[fmt] = package
+                found[name] = package
                 break
     return found
 
@@ -53,7 +45,7 @@ def open_artifact(path: str | Path, *, threads: int | None = None, **options) ->
     if not path.is_file():
         raise BackendError(f"{path}: no such artifact file")
     if fmt not in installed_formats():
-        packages = " or ".join(_BACKENDS[fmt][1])
+        packages = " or ".join(formats.get(fmt).runtimes)
         raise BackendError(f"{path}: no runtime for {fmt} installed (pip install {packages.replace('_', '-')})")
-    module = importlib.import_module(_BACKENDS[fmt][0])
+    module = importlib.import_module(formats.get(fmt).backend)
     return module.open(path, threads=threads, **options)

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from feredge.benchmarks.metrics import _cm_and_labels, _safe_div
+from feredge.evaluation.metrics import _cm_and_labels, _safe_div
 from feredge.edge.fileio import write_bytes_atomic
 
 _DPI = 110
@@ -126,7 +126,7 @@ def plot_robustness(clean_accuracy: float, rows: Sequence[Mapping], path: str | 
     """Accuracy and label agreement against the perturbation's value, one panel per kind that was
     measured at two or more values (rows: `feredge eval --perturb` robustness rows). Returns False,
     writing nothing, when no kind has two values to draw a line through."""
-    from feredge.benchmarks.perturb import KINDS, NEUTRAL
+    from feredge.evaluation.perturb import KINDS, NEUTRAL
 
     by_kind: dict[str, list[tuple[float, float, float]]] = {}
     for row in rows:
