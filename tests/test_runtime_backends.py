@@ -16,7 +16,9 @@ from feredge.edge.bundle import Bundle
 from feredge.edge.choose import choose
 from feredge.edge.device import device_key
 from feredge.edge.preprocess import preprocess
-from runtime_support import build_test_bundle, sample_faces
+from runtime_support import MODEL_DIR, build_test_bundle, sample_faces
+
+BUNDLE_TFLITE = MODEL_DIR / "bundle" / "model.fp32.tflite"
 
 INSTALLED = [f for f in ("tflite", "onnx", "openvino") if f in installed_formats()]
 
@@ -167,3 +169,15 @@ def test_tensorrt_gets_an_engine_cache_beside_the_model_and_its_precisions(bundl
     if "TensorrtExecutionProvider" not in here:
         with pytest.raises(BackendError, match="TensorrtExecutionProvider not available here"):
             _open(bundle, "onnx", "int8", providers="TensorrtExecutionProvider")
+
+
+def test_litert_banner_is_filtered_but_native_errors_still_show(tmp_path):
+    """LiteRT's XNNPACK banner on fd 2 is dropped; any other native line written there is kept."""
+    code = ("import os, sys; from feredge.edge.native_log import banners_filtered\n"
+            "from feredge.edge.backends import open_artifact\n"
+            "with banners_filtered():\n"
+            "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\nE native: something broke\\n')\n"
+            f"open_artifact({str(BUNDLE_TFLITE)!r})\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "XNNPACK" not in result.stderr and "E native: something broke" in result.stderr

@@ -225,7 +225,7 @@ def test_interrupt_ends_cleanly_and_keeps_the_recording(bundle, video, tmp_path,
     assert counted and int(counted.group(1)) >= 5, err[-2000:]
     assert f"ended by {'interrupted' if code == 130 else 'terminated'}" in err
     assert re.search(r"resident at start [\d.]+ MB(, after 100 frames [\d.]+ MB)?, at end [\d.]+ MB", err)
-    assert "open files" in err
+    assert "open files" in err and "time to first result" in err
 
 
 def test_duration_ends_a_soak_with_its_summary(bundle, video):

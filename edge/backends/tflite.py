@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from feredge.edge.backends.base import Backend, BackendError, dequantize, quantize
+from feredge.edge.native_log import banners_filtered
 
 
 def _interpreter_class():
@@ -23,9 +24,11 @@ class TFLiteBackend(Backend):
     def __init__(self, path, threads: int | None = None):
         Interpreter, self.runtime = _interpreter_class()
         try:
-            # XNNPACK is the default delegate for float and int8 models in both interpreters.
-            self._interp = Interpreter(model_path=str(path), num_threads=threads)
-            self._interp.allocate_tensors()
+            # XNNPACK is the default delegate for float and int8 models in both interpreters;
+            # creating it prints a banner on fd 2 that every run would otherwise show.
+            with banners_filtered():
+                self._interp = Interpreter(model_path=str(path), num_threads=threads)
+                self._interp.allocate_tensors()
         except SystemError as exc:  # tflite-runtime 2.14 built for numpy 1 under numpy 2
             raise BackendError(f"{path}: {self.runtime} cannot run with numpy {np.__version__} "
                                f"({_first_line(exc)}); install ai-edge-litert, or numpy<2 for tflite-runtime") from None
