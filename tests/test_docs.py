@@ -19,10 +19,14 @@ HTML_ANCHOR = re.compile(r"<a\s+(?:name|id)=\"([^\"]+)\"", re.IGNORECASE)
 EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # http:, https:, mailto:, ...
 
 
+GENERATED = {"bench.md", "compare.md"}  # reports `feredge bench` writes; their plots are not always kept
+SKIPPED_DIRS = {".git", ".venv", "build", ".pytest_cache", "runs", "bundles"}
+
+
 def documents() -> list[Path]:
-    docs = [REPO / "README.md", REPO / "models" / "pretrained" / "MODEL_CARD.md",
-            REPO / "benchmarks" / "results" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-    return [d for d in docs if d.is_file()]
+    """Every hand-written Markdown file of the repository: README, guides, card, results notes."""
+    return sorted(p for p in REPO.rglob("*.md") if p.name not in GENERATED
+                  and not SKIPPED_DIRS & set(p.relative_to(REPO).parts[:-1]) and "egg-info" not in str(p))
 
 
 def prose_lines(text: str):
