@@ -3,7 +3,8 @@
 LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight to fd 2 from
 C++ on every interpreter, where Python's logging cannot reach it. Redirecting fd 2 to a file
 for the duration of the call and writing back every line but the known banners keeps real
-native errors visible (FEREDGE_NATIVE_VERBOSE=1 keeps everything).
+native errors visible (FEREDGE_NATIVE_VERBOSE=1 keeps everything). `models.tf_env` drops
+everything TensorFlow's C++ side prints while it is imported the same way.
 """
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import tempfile
 
 BANNERS = (re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.\s*$"),
            re.compile(r"^INFO: Initialized TensorFlow Lite runtime\.\s*$"))
+EVERYTHING = (re.compile(""),)
 
 
 @contextlib.contextmanager
-def banners_filtered(patterns=BANNERS):
-    if os.environ.get("FEREDGE_NATIVE_VERBOSE"):
+def banners_filtered(patterns=BANNERS, verbose_env: str = "FEREDGE_NATIVE_VERBOSE"):
+    """Within the block, lines on fd 2 that match one of `patterns` are dropped; the rest are
+    written back when it ends. Setting the environment variable `verbose_env` keeps every line."""
+    if os.environ.get(verbose_env):
         yield
         return
     try:

@@ -4,36 +4,19 @@ TF_USE_LEGACY_KERAS must be set before TensorFlow is first imported: pruning
 (tensorflow-model-optimization) and tf2onnx's Keras path work only on tf-keras models, and
 importing tfmot flips the switch anyway, so `tf.keras` would otherwise change meaning mid-run.
 """
-import contextlib
 import os
-import sys
+
+from feredge.edge.native_log import EVERYTHING, banners_filtered
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-@contextlib.contextmanager
 def native_stderr_silenced():
     """TensorFlow's C++ side prints oneDNN/CUDA banners (and a cuInit 'error' on every machine
     without a GPU) straight to file descriptor 2 before its log level applies. Python
     exceptions still propagate; FEREDGE_TF_VERBOSE=1 shows everything."""
-    if os.environ.get("FEREDGE_TF_VERBOSE"):
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    return banners_filtered(EVERYTHING, verbose_env="FEREDGE_TF_VERBOSE")
 
 
 with native_stderr_silenced():
