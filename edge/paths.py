@@ -6,3 +6,7 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 PRETRAINED_DIR = MODELS_DIR / "pretrained"
 DEFAULT_BUNDLE = PRETRAINED_DIR / "bundle"
 SAMPLE_DIR = MODELS_DIR / "sample"
+# the face detectors' model files that ship with the runtime (attribution in their README)
+DETECTORS_DIR = Path(__file__).resolve().parent / "detectors"
+YUNET_MODEL = DETECTORS_DIR / "face_detection_yunet_2023mar.onnx"
+BLAZEFACE_MODEL = DETECTORS_DIR / "face_detection_short_range.tflite"

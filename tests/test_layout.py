@@ -94,6 +94,7 @@ def test_the_wheel_installs_one_top_level_name(wheel):
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"feredge"}
     assert "feredge/models/pretrained/bundle/manifest.json" in names  # the shipped model comes along
+    assert "feredge/edge/detectors/face_detection_yunet_2023mar.onnx" in names  # and the face detectors
     assert "feredge/edge/formats.py" in names and "feredge/evaluation/predict.py" in names
 
 

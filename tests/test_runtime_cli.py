@@ -99,7 +99,7 @@ def test_stats_and_that_tensorflow_is_never_imported(bundle, video):
     (["--backend", "tensorrt"], ["unknown backend"]),
     (["--precision", "fp16"], ["no fp16 artifact"]),
     (["--smooth", "kalman"], ["kalman"]),
-    (["--detector", "yunet"], ["yunet", "model file"]),
+    (["--detector", "yunet:/no/such.onnx"], ["/no/such.onnx", "YuNet model"]),
     (["--detect-scale", "2"], ["--detect-scale"]),
     (["--serve", "nonsense"], ["--serve"]),
     (["--source", "gst:videotestsrc ! appsink"], ["GStreamer"]),

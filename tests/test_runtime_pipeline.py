@@ -1,13 +1,14 @@
 """The whole pipeline on test videos of real faces, on every installed backend; detectors; smoothing."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from feredge.edge.backends import installed_formats
 from feredge.edge.bundle import Bundle
-from feredge.edge.detect import (Detection, Detector, EveryN, HaarDetector, PrecroppedOr, WholeFrameDetector, YuNetDetector,
-                         iou, parse_detector)
+from feredge.edge.detect import (BlazeFaceDetector, BoxFit, Detection, Detector, EveryN, HaarDetector, PrecroppedOr,
+                                 WholeFrameDetector, YuNetDetector, iou, parse_detector)
 from feredge.edge.pipeline import STAGES, Pipeline
 from feredge.edge.preprocess import crop_face, preprocess, to_gray
 from feredge.edge.smoothing import EmaSmoother, FaceTracker, MajoritySmoother, NoSmoother, parse_smoother
@@ -219,39 +220,96 @@ def test_precropped_images_are_whole_faces():
     assert detector.detect(np.zeros((480, 640), np.uint8))[0].box == (1, 2, 3, 4)
 
 
-def test_yunet_maps_boxes_back_and_filters(monkeypatch, tmp_path):
-    """cv2.FaceDetectorYN with a stand-in model object (OpenCV does not ship the YuNet ONNX file)."""
-    import cv2
+@pytest.mark.parametrize("name", ["yunet", "blazeface"])
+def test_learned_detectors_find_faces_with_landmarks(videos, name):
+    """The shipped YuNet and BlazeFace models on the test video: boxes framed like the FER crop
+    the classifier learned from (BoxFit), and the eyes where eyes are."""
+    path, truth = videos[1]
+    with open_source(str(path)) as source:
+        frames = [source.read() for _ in range(10)]
+    detector = parse_detector(name)
+    hits = 0
+    for frame, expected in zip(frames, truth["frames"]):
+        found = detector.detect(to_gray(frame.image))
+        match = [d for d in found if iou(d.box, expected[0]["box"]) >= 0.5]
+        hits += bool(match)
+        for d in match:
+            x, y, w, h = d.box
+            (rx, ry), (lx, ly) = d.landmarks[:2]
+            assert x < rx < lx < x + w, d  # the subject's right eye is on the image's left
+            assert y < min(ry, ly) and max(ry, ly) < y + h / 2 + 0.1 * h, d  # in the upper half
+            assert 0 < d.score <= 1
+    assert hits >= {"yunet": 8, "blazeface": 6}[name], (name, hits)  # BlazeFace short-range: selfie distance
 
-    model_file = tmp_path / "yunet.onnx"
-    model_file.write_bytes(b"stand-in")
 
-    class FakeYN:
-        def setInputSize(self, size):
-            self.size = size
+def test_blazeface_runs_on_opencv_alone_with_the_same_answer(videos, monkeypatch):
+    """A device without LiteRT runs BlazeFace through cv2.dnn; the faces found are the same."""
+    import feredge.edge.backends.tflite as tflite_backend
 
-        def detect(self, image):
-            assert image.ndim == 3 and image.shape[2] == 3 and (image.shape[1], image.shape[0]) == self.size
-            return 1, np.array([[10, 20, 30, 40] + [0] * 10 + [0.9], [0, 0, 5, 5] + [0] * 10 + [0.8]], np.float32)
+    path, _ = videos[1]
+    with open_source(str(path)) as source:
+        gray = to_gray(source.read().image)
+    with_litert = BlazeFaceDetector().detect(gray)
 
-    monkeypatch.setattr(cv2.FaceDetectorYN, "create", staticmethod(lambda *a, **k: FakeYN()))
-    detector = YuNetDetector(model_file, scale=0.5, min_face=20)
-    found = detector.detect(np.zeros((480, 640), np.uint8))
-    assert [(d.box, round(d.score, 2)) for d in found] == [((20, 40, 60, 80), 0.9)]
-    with pytest.raises(FileNotFoundError, match="YuNet model"):
-        YuNetDetector(tmp_path / "missing.onnx")
+    def no_litert():
+        raise ImportError("no LiteRT here")
+
+    monkeypatch.setattr(tflite_backend, "_interpreter_class", no_litert)
+    with_opencv = BlazeFaceDetector().detect(gray)
+    assert with_litert and len(with_opencv) == len(with_litert)
+    for a, b in zip(with_opencv, with_litert):
+        assert np.abs(np.subtract(a.box, b.box)).max() <= 1 and abs(a.score - b.score) < 1e-3
 
 
-@pytest.mark.parametrize("text, kind", [("haar", HaarDetector), ("none", WholeFrameDetector)])
+def test_box_fit_turns_a_detector_box_into_the_square_crop():
+    fit = BoxFit(width=0.8, height=1.2, dx=0.1, dy=0.0)
+    # a 100 px crop at (100, 100): the detector saw it as 80 wide, 120 high, centre 10 px right
+    assert fit.to_crop((100 + 10 + 10, 100 - 10, 80, 120), (480, 640)) == (100, 100, 100, 100)
+    assert fit.to_crop((0, 0, 80, 120), (50, 50)) == (0, 10, 50, 40)  # clipped to the frame
+
+
+def test_tracking_follows_a_moving_face_between_detections():
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    texture = cv2.resize(cv2.resize(texture, (16, 16)), (64, 64), interpolation=cv2.INTER_CUBIC)
+
+    def frame_at(x):
+        frame = np.full((240, 320), 90, np.uint8)
+        frame[80:144, x:x + 64] = texture
+        return frame
+
+    class SeesFirstFrameOnly(Detector):
+        def detect(self, gray):
+            return [Detection((40, 80, 64, 64), 0.9, ((56.0, 100.0), (88.0, 100.0)))]
+
+    every = EveryN(SeesFirstFrameOnly(), 5)
+    for i, x in enumerate(range(40, 80, 8)):
+        (found,) = every.detect(frame_at(x))
+        assert abs(found.box[0] - x) <= 4 and found.box[1:] == (80, 64, 64), (i, found.box)
+        assert abs(found.landmarks[0][0] - (x + 16)) <= 4
+    still = EveryN(SeesFirstFrameOnly(), 5, track=False)
+    assert [still.detect(frame_at(x))[0].box[0] for x in range(40, 80, 8)] == [40] * 5
+
+
+@pytest.mark.parametrize("text, kind", [("haar", HaarDetector), ("none", WholeFrameDetector),
+                                        ("yunet", YuNetDetector), ("blazeface", BlazeFaceDetector)])
 def test_parse_detector(text, kind):
     assert isinstance(parse_detector(text), kind)
     assert isinstance(parse_detector(text if text != "none" else "haar", every=3), EveryN)
 
 
-@pytest.mark.parametrize("text", ["yunet", "mtcnn", "yunet:/no/such.onnx"])
+@pytest.mark.parametrize("text", ["mtcnn", "yunet:/no/such.onnx", "blazeface:/no/such.tflite", "haar:x"])
 def test_parse_detector_errors(text):
     with pytest.raises((ValueError, FileNotFoundError)):
         parse_detector(text)
+
+
+@pytest.mark.parametrize("name, suffix", [("yunet", ".onnx"), ("blazeface", ".tflite")])
+def test_a_corrupt_detector_model_is_one_line_naming_the_file(tmp_path, name, suffix):
+    bad = tmp_path / f"broken{suffix}"
+    bad.write_bytes(b"\x00not a model" * 10)
+    with pytest.raises(ValueError, match=str(bad)):
+        parse_detector(f"{name}:{bad}")
 
 
 # --- smoothing -----------------------------------------------------------------------------------
