@@ -49,10 +49,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overhead", action="store_true",
                    help="measure the harness's own overhead against a bare loop and the native benchmark tools")
     p.add_argument("--no-recommend", action="store_true", help="do not store the recommendation in the bundle")
+    p.add_argument("--detectors", nargs="?", const="haar,yunet,blazeface", default=None, metavar="LIST",
+                   help="compare the face detectors instead (default all: haar,yunet,blazeface): ms per frame, "
+                        "detection rate by face size, false detections, box framing; no bundle needed")
+    p.add_argument("--faces-per-size", type=int, default=40, help="--detectors: faces per size bin (default: 40)")
     p.add_argument("--out", default="bench-results", help="directory for JSON, CSV, Markdown and plots")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.detectors:
+        from feredge.benchmarks import detectors
+
+        detectors.run(argparse.Namespace(detectors=args.detectors, per_bin=args.faces_per_size,
+                                         empty=args.faces_per_size, video_seconds=6.0, cv_threads=1, seed=0,
+                                         out=args.out))
+        return 0
     if args.compare:
         if args.compare[0] != "compare" or len(args.compare) < 2:
             raise ValueError("usage: feredge bench compare RECORDS.json [RECORDS.json ...] [--out DIR]")

@@ -30,9 +30,11 @@ def e2e_job(job: dict) -> dict:
     from feredge.edge import formats, run_cli
     from feredge.edge.bundle import Bundle
     from feredge.edge.device import memory_mb
-    from feredge.edge.detect import parse_detector
+    from feredge.edge.detect import DEFAULT_DETECTOR, parse_detector
     from feredge.edge.pipeline import Pipeline
     from feredge.edge.smoothing import parse_smoother
+    import cv2
+
     from feredge.edge.sources import open_source
 
     defaults = argparse.ArgumentParser()
@@ -42,8 +44,12 @@ def e2e_job(job: dict) -> dict:
     artifact = bundle.find(id=job["artifact"])
     options = formats.runtime_options(artifact.format, device="CPU")
     backend = bundle.open(artifact, threads=job["threads"], **options)
-    detector = parse_detector(job.get("detector", "haar"), scale=run_cli._parse_scale(d.detect_scale),
-                              min_face=d.min_face, every=d.detect_every)
+    if job.get("cv_threads"):
+        cv2.setNumThreads(int(job["cv_threads"]))
+    # feredge run's defaults for a video unless the job says otherwise
+    detector = parse_detector(job.get("detector", DEFAULT_DETECTOR),
+                              scale=run_cli._parse_scale(str(job.get("detect_scale", d.detect_scale))),
+                              min_face=job.get("min_face"), every=int(job.get("detect_every", run_cli.TRACK_EVERY)))
     pipeline = Pipeline(backend, bundle.spec, bundle.labels, detector, parse_smoother(job.get("smooth", "ema:0.5")))
     results, first = [], []
 
