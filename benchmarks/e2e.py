@@ -50,7 +50,8 @@ def e2e_job(job: dict) -> dict:
     detector = parse_detector(job.get("detector", DEFAULT_DETECTOR),
                               scale=run_cli._parse_scale(str(job.get("detect_scale", d.detect_scale))),
                               min_face=job.get("min_face"), every=int(job.get("detect_every", run_cli.TRACK_EVERY)))
-    pipeline = Pipeline(backend, bundle.spec, bundle.labels, detector, parse_smoother(job.get("smooth", "ema:0.5")))
+    spec = bundle.spec.replace(align=bool(job["align"])) if "align" in job else bundle.spec
+    pipeline = Pipeline(backend, spec, bundle.labels, detector, parse_smoother(job.get("smooth", "ema:0.5")))
     results, first = [], []
 
     def keep(result):

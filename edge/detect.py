@@ -32,6 +32,9 @@ class Detection:
     # (x, y) in frame pixels; the first two are always the subject's right eye (image left), then
     # the left eye; then YuNet: nose, right and left mouth corner; BlazeFace: nose, mouth, ears
     landmarks: tuple[tuple[float, float], ...] | None = None
+    # where this detector's eyes sit in the FER crop on average: (midpoint x, y, eye distance) in crop
+    # sides, for aligned crops (edge.preprocess.aligned_crop)
+    eye_ref: tuple[float, float, float] | None = None
 
 
 class Detector:
@@ -81,6 +84,8 @@ class BoxFit:
 # median over 109 (YuNet) and 27 (BlazeFace) faces of 48 px and more, 2-core AMD EPYC, seed 2
 YUNET_FIT = BoxFit(width=0.862, height=1.151, dx=0.012, dy=0.009)
 BLAZEFACE_FIT = BoxFit(width=1.013, height=1.013, dx=-0.004, dy=0.110)
+YUNET_EYES = (0.507, 0.371, 0.378)  # eye midpoint x, y and eye distance in FER crop sides, same faces
+BLAZEFACE_EYES = (0.487, 0.363, 0.428)
 
 
 def _map_back(x, y, w, h, scale: float, shape) -> tuple[int, int, int, int]:
@@ -175,7 +180,7 @@ class YuNetDetector(Detector):
             box = self.fit.to_crop((x / scale, y / scale, w / scale, h / scale), gray.shape)
             if box[2] > 0 and box[3] > 0 and min(box[2], box[3]) >= self.min_face:
                 points = tuple((float(px) / scale, float(py) / scale) for px, py in row[4:14].reshape(5, 2))
-                found.append(Detection(box, float(row[-1]), points))
+                found.append(Detection(box, float(row[-1]), points, YUNET_EYES))
         return found
 
 
@@ -279,7 +284,8 @@ class BlazeFaceDetector(Detector):
             crop = self.fit.to_crop((x0, y0, x1 - x0, y1 - y0), gray.shape)
             if crop[2] > 0 and crop[3] > 0 and min(crop[2], crop[3]) >= self.min_face:
                 found.append(Detection(crop, float(score),
-                                       tuple(tuple(float(v) for v in to_frame(px, py)) for px, py in pts)))
+                                       tuple(tuple(float(v) for v in to_frame(px, py)) for px, py in pts),
+                                       BLAZEFACE_EYES))
         return found
 
 

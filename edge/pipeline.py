@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from feredge.edge.detect import Detector, WholeFrameDetector
-from feredge.edge.preprocess import PreprocessSpec, crop_face, preprocess, to_gray
+from feredge.edge.preprocess import PreprocessSpec, aligned_crop, crop_face, preprocess, to_gray
 from feredge.edge.smoothing import FaceTracker, NoSmoother
 from feredge.edge.sources import Frame, FrameSource
 
@@ -129,6 +129,17 @@ class Pipeline:
         self.tracker.reset()
         self.detector.reset()
 
+    def _crop(self, source: np.ndarray, detection, box, to_source: tuple[float, float]) -> np.ndarray:
+        """The face crop: turned upright by the eyes when the spec says align and the detector gave
+        them, else the box. to_source scales detection pixels to the source image's."""
+        if self.spec.align and detection.landmarks and detection.eye_ref:
+            eyes = [(x * to_source[0], y * to_source[1]) for x, y in detection.landmarks[:2]]
+            try:
+                return aligned_crop(source, eyes, detection.eye_ref, self.margin)
+            except ValueError:
+                pass  # eyes that make no face (a profile, a bad landmark): the box crop instead
+        return crop_face(source, box, self.margin)
+
     def process(self, frame: Frame, capture_ms: float = 0.0) -> FrameResult:
         clock = time.perf_counter
         t0 = clock()
@@ -143,7 +154,8 @@ class Pipeline:
         else:
             source = frame.image if frame.image.ndim == 3 else gray
             boxes_src = [_scale_box(d.box, sx, sy) for d in detections]
-        crops = [crop_face(source, box, self.margin) for box in boxes_src]
+        to_source = (1.0, 1.0) if self.spec.channels == 1 else (sx, sy)
+        crops = [self._crop(source, d, box, to_source) for d, box in zip(detections, boxes_src)]
         batch = preprocess(crops, self.spec)
         t2 = clock()
         probs = self.backend.predict(batch) if len(batch) else np.zeros((0, len(self.labels)), np.float32)

@@ -33,6 +33,7 @@ class PreprocessSpec:
     std: float | None = None
     margin: float = 0.0  # extra border around a detected face box, as a fraction of its size
     flip_average: bool = False  # average the outputs of the face and its mirror (edge.tta): 2x inference
+    align: bool = False  # with a detector's eye landmarks: eye line level, scale from the eye distance
 
     def __post_init__(self):
         problems = []
@@ -50,6 +51,8 @@ class PreprocessSpec:
             problems.append(f"margin must be >= 0, not {self.margin}")
         if not isinstance(self.flip_average, bool):
             problems.append(f"flip_average must be true or false, not {self.flip_average!r}")
+        if not isinstance(self.align, bool):
+            problems.append(f"align must be true or false, not {self.align!r}")
         if problems:
             raise ValueError("invalid preprocessing spec: " + "; ".join(problems))
 
@@ -206,3 +209,24 @@ def crop_face(frame: np.ndarray, box: Sequence[int], margin: float = 0.0) -> np.
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"face box {tuple(box)} lies outside the {frame.shape[1]}x{frame.shape[0]} frame")
     return frame[y0:y1, x0:x1]
+
+
+def aligned_crop(frame: np.ndarray, eyes, eye_ref: Sequence[float], margin: float = 0.0) -> np.ndarray:
+    """A square face crop turned so the eye line is level and scaled by the eye distance.
+
+    eyes: ((x, y) of the subject's right eye, (x, y) of the left eye) in frame pixels; eye_ref:
+    (eye midpoint x, y, eye distance) as fractions of the crop's side, where the detector's eyes
+    sit in the FER-2013 crop on average, so an upright face gives about the box crop.
+    """
+    (rx, ry), (lx, ly) = eyes
+    mid_x, mid_y, distance = eye_ref
+    between = float(np.hypot(lx - rx, ly - ry))
+    if between < 2 or lx <= rx:
+        raise ValueError(f"eye landmarks {tuple(eyes)} do not make a face (the right eye must be left of the left eye)")
+    side = between / distance
+    out = max(8, int(round(side * (1 + 2 * margin))))
+    centre = ((rx + lx) / 2, (ry + ly) / 2)
+    turn = cv2.getRotationMatrix2D(centre, float(np.degrees(np.arctan2(ly - ry, lx - rx))), 1.0)
+    turn[0, 2] += (mid_x + margin) * side - centre[0]
+    turn[1, 2] += (mid_y + margin) * side - centre[1]
+    return cv2.warpAffine(frame, turn, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

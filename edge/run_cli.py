@@ -50,6 +50,9 @@ def add_arguments(p) -> None:
                         "320 for haar")
     p.add_argument("--min-face", type=int, default=None,
                    help="smallest face to detect, in frame pixels (default: 40 for yunet and blazeface, 60 for haar)")
+    p.add_argument("--align", default="spec", choices=("spec", "on", "off"),
+                   help="turn each face upright by its eyes (yunet, blazeface) before labelling it: as the "
+                        "bundle's spec says (default), or on/off")
     p.add_argument("--margin", type=float, default=None,
                    help="crop margin around a face box, fraction of its size (default: the bundle's spec)")
     p.add_argument("--smooth", default=None,
@@ -241,8 +244,10 @@ def run(args) -> int:
             every = args.detect_every or (1 if isinstance(source, ImageSource) else TRACK_EVERY)
             if every > 1 and not isinstance(detector, WholeFrameDetector):
                 detector = EveryN(detector, every)
-            pipeline = Pipeline(backend, bundle.spec, bundle.labels, detector, parse_smoother(smooth), args.margin)
-            log.info("source: %s; detector: %s; smoothing: %s; margin %.2f", source.name, detector.name,
+            spec = bundle.spec if args.align == "spec" else bundle.spec.replace(align=args.align == "on")
+            pipeline = Pipeline(backend, spec, bundle.labels, detector, parse_smoother(smooth), args.margin)
+            log.info("source: %s; detector: %s%s; smoothing: %s; margin %.2f", source.name, detector.name,
+                     ", eye-aligned crops" if spec.align and detector_text.startswith(("yunet", "blazeface")) else "",
                      smooth, pipeline.margin)
             sinks = []
             json_target = args.output if args.output else ("-" if args.headless else None)

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from feredge.edge.preprocess import PreprocessSpec, crop_face, fit_zscore, prepare_uint8, preprocess
+from feredge.edge.preprocess import PreprocessSpec, aligned_crop, crop_face, fit_zscore, prepare_uint8, preprocess
 
 RNG = np.random.default_rng(7)
 
@@ -111,3 +111,39 @@ def test_crop_face_margin_and_clipping():
     assert edge.shape == (30, 30) and edge[0, 0] == 0
     with pytest.raises(ValueError, match="outside"):
         crop_face(frame, (200, 200, 10, 10))
+
+
+def _two_eyes(right, left, shape=(300, 300)):
+    image = np.full(shape, 60, np.uint8)
+    cv2.circle(image, tuple(map(int, right)), 3, 250, -1)
+    cv2.circle(image, tuple(map(int, left)), 3, 160, -1)
+    return image
+
+
+def _dot(image, low, high):
+    ys, xs = np.where((image >= low) & (image <= high))
+    return xs.mean(), ys.mean()
+
+
+@pytest.mark.parametrize("left", [(140, 100), (140, 120), (135, 80)])  # level, tilted down, tilted up
+def test_aligned_crop_levels_the_eyes_where_the_crop_expects_them(left):
+    right, ref = (100, 100), (0.5, 0.37, 0.4)
+    crop = aligned_crop(_two_eyes(right, left), (right, left), ref)
+    side = np.hypot(left[0] - right[0], left[1] - right[1]) / ref[2]
+    assert crop.shape == (round(side), round(side))
+    rx, ry = _dot(crop, 230, 255)
+    lx, ly = _dot(crop, 150, 170)
+    assert abs(ry - ly) <= 1.0 and abs(ry - 0.37 * side) <= 1.0  # level, at the reference height
+    assert abs(rx - (0.5 * side - 0.2 * side)) <= 1.0 and lx > rx
+
+
+def test_aligned_crop_refuses_eyes_that_make_no_face():
+    with pytest.raises(ValueError, match="eye landmarks"):
+        aligned_crop(np.zeros((100, 100), np.uint8), ((60, 50), (40, 50)), (0.5, 0.37, 0.4))
+
+
+def test_align_is_part_of_the_spec_and_old_specs_load():
+    assert PreprocessSpec.from_dict({"height": 48, "width": 48}).align is PreprocessSpec().align
+    assert PreprocessSpec.from_dict({**PreprocessSpec().to_dict(), "align": True}).align is True
+    with pytest.raises(ValueError, match="align must be true or false"):
+        PreprocessSpec(align="yes")

@@ -261,6 +261,34 @@ def test_blazeface_runs_on_opencv_alone_with_the_same_answer(videos, monkeypatch
         assert np.abs(np.subtract(a.box, b.box)).max() <= 1 and abs(a.score - b.score) < 1e-3
 
 
+def test_the_pipeline_labels_the_aligned_crop_when_the_spec_says_align():
+    """A tilted pair of eyes from the detector: with align the network sees them level."""
+    from feredge.edge.preprocess import PreprocessSpec
+
+    frame = np.full((240, 320), 60, np.uint8)
+    cv2.circle(frame, (130, 100), 4, 250, -1)  # the subject's right eye, higher
+    cv2.circle(frame, (170, 124), 4, 250, -1)
+
+    class TiltedFace(Detector):
+        def detect(self, gray):
+            return [Detection((110, 70, 80, 80), 0.9, ((130.0, 100.0), (170.0, 124.0)), (0.5, 0.37, 0.4))]
+
+    class Seen:
+        num_classes = 2
+
+        def predict(self, batch):
+            self.batch = batch
+            return np.full((len(batch), 2), 0.5, np.float32)
+
+    for align in (False, True):
+        seen = Seen()
+        spec = PreprocessSpec(height=64, width=64, align=align)
+        Pipeline(seen, spec, ("a", "b"), TiltedFace()).process(Frame(frame))
+        rows = np.where(seen.batch[0, :, :, 0] > 0.8)[0]
+        spread = rows.max() - rows.min()
+        assert (spread <= 10) if align else (spread >= 15), (align, spread)  # level eyes: one band of rows
+
+
 def test_box_fit_turns_a_detector_box_into_the_square_crop():
     fit = BoxFit(width=0.8, height=1.2, dx=0.1, dy=0.0)
     # a 100 px crop at (100, 100): the detector saw it as 80 wide, 120 high, centre 10 px right
