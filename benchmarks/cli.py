@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compare the face detectors instead (default all: haar,yunet,blazeface): ms per frame, "
                         "detection rate by face size, false detections, box framing; no bundle needed")
     p.add_argument("--faces-per-size", type=int, default=40, help="--detectors: faces per size bin (default: 40)")
+    p.add_argument("--photos", default=None, metavar="DIR",
+                   help="--detectors: also a folder of your own full photos (no ground truth: faces found, time)")
     p.add_argument("--out", default="bench-results", help="directory for JSON, CSV, Markdown and plots")
 
 
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
         detectors.run(argparse.Namespace(detectors=args.detectors, per_bin=args.faces_per_size,
                                          empty=args.faces_per_size, video_seconds=6.0, cv_threads=1, seed=0,
-                                         out=args.out))
+                                         out=args.out, photos=args.photos))
         return 0
     if args.compare:
         if args.compare[0] != "compare" or len(args.compare) < 2:

@@ -10,6 +10,9 @@ detections. Test videos (edge.testvideo) add moving faces. Per detector and dete
 - false detections per frame on frames with no face;
 - the detected box against the true one: side ratio (10th/50th/90th percentile) and the centre's
   offset in face sides, which is what `--detector NAME` corrects so that crops match training.
+
+--photos DIR adds a folder of your own full photos, which has no ground truth: per detector, ms
+per image, faces per image and the share of images with at least one face.
 """
 from __future__ import annotations
 
@@ -158,6 +161,23 @@ def _on_video(detector, video: Path, truth: dict) -> dict:
             "detection_rate": found_n / total if total else None, "false_per_frame": false / len(times) if times else None}
 
 
+def on_photos(detector, folder: Path) -> dict:
+    from feredge.edge.fileio import read_image
+    from feredge.edge.preprocess import to_gray
+
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+    if not files:
+        raise ValueError(f"{folder}: no .jpg, .jpeg, .png or .bmp photos")
+    times, counts = [], []
+    for path in files:
+        gray = to_gray(read_image(path))
+        found, ms = _timed(detector, gray)
+        times.append(ms)
+        counts.append(len(found))
+    return {"folder": str(folder), "images": len(files), "ms_per_image": float(np.median(times)),
+            "faces_per_image": float(np.mean(counts)), "images_with_a_face": float(np.mean(np.asarray(counts) > 0))}
+
+
 def run(args) -> dict:
     from feredge.edge.device import describe_host, host_record
     from feredge.edge.testvideo import make_test_video
@@ -178,6 +198,11 @@ def run(args) -> dict:
     for i, (name, scale) in enumerate(jobs, 1):
         log.info("[%d/%d] %s at detection scale %s", i, len(jobs), name, scale)
         rows.append(measure_detector(name, scale if scale == "auto" else float(scale), scenes, empties, videos))
+        if getattr(args, "photos", None):
+            from feredge.edge.detect import parse_detector
+
+            detector = parse_detector(name, scale=scale if scale == "auto" else float(scale), min_face=0)
+            rows[-1]["photos"] = on_photos(detector, Path(args.photos))
     result = {"host": host_record(), "where": describe_host(host_record()), "frame": [WIDTH, HEIGHT],
               "scenes": len(scenes), "faces": sum(len(t) for _, t in scenes), "empty_frames": len(empties),
               "opencv_threads": args.cv_threads, "rows": rows}
@@ -200,6 +225,10 @@ def format_table(result: dict) -> str:
         vids = r.get("videos", [])
         vms = "/".join(f"{v['ms_per_frame']:.1f}" for v in vids) or "-"
         vdet = "/".join(f"{100 * v['detection_rate']:.0f} %" for v in vids) or "-"
+        if "photos" in r:
+            ph = r["photos"]
+            vdet += (f"; photos: {ph['ms_per_image']:.1f} ms, {ph['faces_per_image']:.2f} faces, "
+                     f"{100 * ph['images_with_a_face']:.0f} % with one")
         lines.append("| " + " | ".join([r["detector"], r["scale"], f"{r['ms_per_frame']:.2f}", *rates,
                                         f"{100 * (r['rate_40_and_larger'] or 0):.0f} %",
                                         f"{r['false_per_frame']:.3f}", ratio, centre, vms, vdet]) + " |")
@@ -217,6 +246,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-seconds", type=float, default=6.0)
     p.add_argument("--cv-threads", type=int, default=1, help="OpenCV threads (1: what one core gives)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--photos", default=None, help="a folder of full photos (no ground truth: counts and time)")
     p.add_argument("--out", default="detector-bench")
 
 

@@ -28,8 +28,8 @@ log = logging.getLogger("feredge.bench")
 CONFIGS = {
     "haar every frame (the old default)": {"detector": "haar", "detect_scale": "auto", "detect_every": 1},
     "yunet every frame": {"detector": "yunet", "detect_scale": "auto", "detect_every": 1},
-    "defaults: yunet every 10, tracked": {"detector": "yunet", "detect_scale": "auto", "detect_every": 10},
-    "pi profile: 1 thread, 320 px, every 10": {"detector": "yunet", "detect_scale": "0.5", "detect_every": 10,
+    "defaults: yunet every 30, tracked": {"detector": "yunet", "detect_scale": "auto", "detect_every": 30},
+    "pi profile: 1 thread, 320 px, every 30": {"detector": "yunet", "detect_scale": "0.5", "detect_every": 30,
                                                "threads": 1, "cv_threads": 1},
 }
 
@@ -97,7 +97,8 @@ def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     video = out / "one-face-640x480.mp4"
-    truth = make_test_video(video, 1, seconds=args.seconds, fps=30.0, seed=5, hold_s=2.0, face_px=(60, 180))
+    truth = make_test_video(video, 1, seconds=args.seconds, fps=30.0, seed=5, hold_s=2.0,
+                            face_px=(args.min_face_px, 180))
     bundle = args.bundle or str(DEFAULT_BUNDLE)
     rounds = []
     for r in range(args.rounds):
@@ -125,6 +126,7 @@ def run(args) -> dict:
             summary[name]["stage_ms"] = {k: statistics.median(x["stage_ms"][k] for x in runs)
                                          for k in runs[0]["stage_ms"]}
     result = {"host": host_record(), "where": describe_host(host_record()), "video": video.name,
+              "face_px": truth["generator"]["face_px"],
               "frames": len(truth["frames"]), "artifact": args.artifact, "rounds": rounds, "summary": summary,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (out / "vs_fer.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -144,7 +146,8 @@ def format_table(result: dict) -> str:
                      + (f"{stage['detect']:.2f}" if "detect" in stage else "-") + " | "
                      + (f"{stage['infer']:.2f}" if "infer" in stage else "-") + " | "
                      + f"{100 * s['detection_rate']:.1f} % |")
-    lines += ["", f"{result['frames']} frames of one face (60-180 px) at 640x480, artifact {result['artifact']}, "
+    low, high = result["face_px"]
+    lines += ["", f"{result['frames']} frames of one face ({low}-{high} px) at 640x480, artifact {result['artifact']}, "
                   f"median of {len(result['rounds'])} alternating rounds; measured on {result['where']}"]
     return "\n".join(lines)
 
@@ -156,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--artifact", default="tflite-fp32")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--min-face-px", type=int, default=60, help="smallest face side in the video (>= 40)")
     parser.add_argument("--out", default="vs-fer")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run(parser.parse_args(argv))

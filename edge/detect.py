@@ -145,7 +145,7 @@ class YuNetDetector(Detector):
     about 10 to 300 px at the detection scale."""
 
     name = "yunet"
-    AUTO_WIDTH = 480  # 640x480 at 0.75: 99.7 % of the test video's faces against 84 % at 320 px, 14 ms vs 8
+    AUTO_WIDTH = 640  # a 640x480 frame as it is: small faces are what YuNet misses first when scaled down
 
     def __init__(self, model_path: str | Path | None = None, score_threshold: float = 0.45,
                  nms_threshold: float = 0.3, top_k: int = 50, scale: float | str = "auto", min_face: int = 0,
@@ -330,8 +330,8 @@ class EveryN(Detector):
 
     track=True moves each carried box with its face: the face as last seen, at a quarter of the
     resolution, is matched (normalised cross-correlation) within a window around its last place,
-    about 0.3 ms a face. A face whose match falls below `min_match` keeps its last box until the
-    next detection, so a face that leaves is dropped at most n-1 frames late.
+    about 0.3 ms a face. A face whose match falls below `min_match` (it turned, left, or another
+    face took its place) makes the next frame a detection frame, so the cycle of n restarts there.
     """
 
     TRACK_SCALE = 0.25
@@ -345,9 +345,12 @@ class EveryN(Detector):
         self._count = 0
         self._last: list[Detection] = []
         self._templates: list[np.ndarray | None] = []
+        self._lost = False  # a followed face no longer matched: detect on the next frame
         self.ran = False  # whether the last call ran the detector (timings tell detection from carrying)
 
     def detect(self, gray: np.ndarray) -> list[Detection]:
+        if self._lost:
+            self._count, self._lost = 0, False
         self.ran = self._count % self.n == 0
         self._count += 1
         if self.ran:
@@ -379,6 +382,7 @@ class EveryN(Detector):
         scores = cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED)
         _, best, _, (bx, by) = cv2.minMaxLoc(scores)
         if best < self.min_match:
+            self._lost = True
             return det
         dx, dy = (x0 + bx - x) / s, (y0 + by - y) / s
         moved = (int(round(det.box[0] + dx)), int(round(det.box[1] + dy)), det.box[2], det.box[3])
@@ -386,7 +390,7 @@ class EveryN(Detector):
         return dataclasses.replace(det, box=moved, landmarks=points)
 
     def reset(self) -> None:
-        self._count = 0
+        self._count, self._lost = 0, False
         self._last, self._templates = [], []
         self.detector.reset()
 

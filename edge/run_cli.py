@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
                    help=f"detect faces every N frames and follow them in between (default: {TRACK_EVERY} for "
                         "cameras and videos, 1 for images)")
     p.add_argument("--detect-scale", default="auto",
-                   help="detect on the frame scaled by this factor (0-1], or auto: about 480 px wide for yunet, "
+                   help="detect on the frame scaled by this factor (0-1], or auto: about 640 px wide for yunet, "
                         "320 for haar")
     p.add_argument("--min-face", type=int, default=None,
                    help="smallest face to detect, in frame pixels (default: 40 for yunet and blazeface, 60 for haar)")
@@ -80,10 +80,13 @@ def add_arguments(p) -> None:
 
 WARM_FRAMES = 100  # --stats samples memory, files and threads once warm-up is over
 MAX_MARGIN = 2.0  # a box grown by twice its size on each side is no longer a face crop
-# cameras and videos: detect every 10th frame and follow faces in between. On a 640x480 test video of
-# one face this ran at 161 FPS against 56 detecting every frame, finding 97 % of the faces
-# (benchmarks/results/x86_64-epyc-avx2-detectors); a new face waits at most 9 frames
-TRACK_EVERY = 10
+# cameras and videos: detect every 30th frame, follow faces in between and detect again as soon as
+# one is lost (it turned, left, or another face took its place). On 640x480 test videos of one
+# face (2-core AVX2 EPYC) this found 99.3 % of faces of 60-180 px and 99.5 % of 40-180 px, with
+# detection 28 % of the frame time at about 190-200 FPS; every 20th frame took 31-35 %
+# (benchmarks/results/x86_64-epyc-avx2-detectors). A face that appears beside the others waits
+# at most 29 frames, one second at 30 FPS: --detect-every trades that wait for speed.
+TRACK_EVERY = 30
 
 
 class _Terminated(Exception):

@@ -160,3 +160,31 @@ def test_end_to_end_rows_on_a_test_video(bundle, tmp_path):
     assert set(row["stage_ms"]) == {"capture", "detect", "preprocess", "infer", "smooth", "draw"}
     assert row["stage_ms"]["draw"] > 0  # the overlay is drawn, as in the demo
     assert 0.0 <= row["detection_rate"] <= 1.0 and 0.0 <= row["label_accuracy"] <= 1.0
+
+
+def test_detector_bench_scores_detectors_by_face_size_and_on_photos(tmp_path):
+    """`feredge bench --detectors` on a few generated scenes and a folder of photos (no bundle)."""
+    import cv2
+
+    from feredge.benchmarks.detectors import SIZE_BINS, make_scenes
+
+    scenes, _ = make_scenes(per_bin=2, empty=0, seed=3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    assert len(scenes) >= 3
+    for i, (frame, _) in enumerate(scenes[:3]):
+        cv2.imwrite(str(photos / f"{i}.png"), frame)
+    cli = feredge("bench", "--detectors", "haar,yunet", "--faces-per-size", 3, "--photos", photos,
+                  "--out", tmp_path / "out", timeout=600)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "detectors.json").read_text())
+    assert [(r["detector"], r["scale"]) for r in result["rows"]] == [("haar", "1.0"), ("haar", "auto"),
+                                                                     ("yunet", "1.0"), ("yunet", "auto")]
+    assert result["faces"] == 3 * len(SIZE_BINS) and result["empty_frames"] == 3
+    for row in result["rows"]:
+        assert set(row["faces"].values()) == {3} and row["ms_per_frame"] > 0
+        assert all(rate is None or 0 <= rate <= 1 for rate in row["detection_rate"].values())
+        assert row["photos"]["images"] == 3 and len(row["videos"]) == 2
+    yunet = next(r for r in result["rows"] if r["detector"] == "yunet")
+    assert yunet["detection_rate"]["96-239"] >= 2 / 3 and yunet["box_side_ratio"][1] == pytest.approx(1.0, abs=0.25)
+    assert "| yunet |" in (tmp_path / "out" / "detectors.md").read_text()

@@ -315,6 +315,21 @@ def test_tracking_follows_a_moving_face_between_detections():
         (found,) = every.detect(frame_at(x))
         assert abs(found.box[0] - x) <= 4 and found.box[1:] == (80, 64, 64), (i, found.box)
         assert abs(found.landmarks[0][0] - (x + 16)) <= 4
+    # another face in its place: the match fails, so the next frame is a detection frame again
+    calls = []
+
+    class Counting(SeesFirstFrameOnly):
+        def detect(self, gray):
+            calls.append(len(calls))
+            return super().detect(gray)
+
+    other = cv2.resize(rng.integers(0, 255, (16, 16), dtype=np.uint8), (64, 64), interpolation=cv2.INTER_CUBIC)
+    swapped = frame_at(40)
+    swapped[80:144, 40:104] = other
+    every = EveryN(Counting(), 30)
+    for frame in (frame_at(40), frame_at(40), swapped, swapped, swapped):
+        every.detect(frame)
+    assert len(calls) == 2  # the first frame, and the frame after the swap was noticed
     still = EveryN(SeesFirstFrameOnly(), 5, track=False)
     assert [still.detect(frame_at(x))[0].box[0] for x in range(40, 80, 8)] == [40] * 5
 
