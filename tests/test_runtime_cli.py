@@ -286,3 +286,23 @@ def test_run_says_in_one_line_when_this_cpu_is_not_the_one_that_verified_the_bun
     assert len(notes) == 1 and "feredge bench" in notes[0]
     usable = len(os.sched_getaffinity(0))
     assert f"threads {usable};" in other.stderr  # the target's 64, capped at this machine's cores
+
+
+def test_videos_are_tracked_and_image_folders_are_not(bundle, video, tmp_path):
+    """Consecutive images are different pictures: each is searched; a video is tracked between detections."""
+    from feredge.benchmarks.detectors import make_scenes
+
+    path, _ = video
+    tracked = feredge("run", "--bundle", bundle, "--source", path, "--headless", "--max-frames", 5)
+    assert tracked.returncode == 0, tracked.stderr[-2000:]
+    assert "detector: auto (yunet; images up to 128 px are whole faces) every 30 frames, tracked between" \
+        in tracked.stderr
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    scenes, _ = make_scenes(per_bin=1, empty=0, seed=4)
+    for i, (frame, _) in enumerate(scenes[:3]):
+        cv2.imwrite(str(folder / f"{i}.png"), frame)
+    searched = feredge("run", "--bundle", bundle, "--source", folder, "--headless")
+    assert searched.returncode == 0, searched.stderr[-2000:]
+    assert "detector: auto (yunet; images up to 128 px are whole faces);" in searched.stderr
+    assert len(_json_lines(searched.stdout)) == 3
