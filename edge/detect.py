@@ -7,7 +7,7 @@
 - BlazeFaceDetector: MediaPipe's BlazeFace short-range (128x128 TFLite, shipped in edge/detectors/),
   run by LiteRT when installed, else by cv2.dnn: boxes, scores and six landmarks.
 - WholeFrameDetector: the whole image is one face (folders of pre-cropped faces like models/sample).
-- EveryN: runs a detector on every n-th call and carries its boxes in between.
+- EveryN: runs a detector on every n-th frame and follows its faces in between (tracking mode).
 - PrecroppedOr: small images (pre-cropped faces) are whole faces, anything bigger goes to a detector.
 """
 from __future__ import annotations
@@ -147,6 +147,8 @@ class YuNetDetector(Detector):
     name = "yunet"
     AUTO_WIDTH = 640  # a 640x480 frame as it is: small faces are what YuNet misses first when scaled down
 
+    # score 0.45 rather than OpenCV Zoo's 0.6: on the scenes, 83 against 77 % of faces of 40 px and
+    # more, for 0.03 false detections per empty frame (0 at 0.6)
     def __init__(self, model_path: str | Path | None = None, score_threshold: float = 0.45,
                  nms_threshold: float = 0.3, top_k: int = 50, scale: float | str = "auto", min_face: int = 0,
                  fit: BoxFit = YUNET_FIT):

@@ -83,7 +83,7 @@ MAX_MARGIN = 2.0  # a box grown by twice its size on each side is no longer a fa
 # cameras and videos: detect every 30th frame, follow faces in between and detect again as soon as
 # one is lost (it turned, left, or another face took its place). On 640x480 test videos of one
 # face (2-core AVX2 EPYC) this found 99.3 % of faces of 60-180 px and 99.5 % of 40-180 px, with
-# detection 28 % of the frame time at about 190-200 FPS; every 20th frame took 31-35 %
+# detection 27-28 % of the frame time at 190-230 FPS; every 20th frame took 31-35 %
 # (benchmarks/results/x86_64-epyc-avx2-detectors). A face that appears beside the others waits
 # at most 29 frames, one second at 30 FPS: --detect-every trades that wait for speed.
 TRACK_EVERY = 30
