@@ -170,7 +170,10 @@ def on_photos(detector, folder: Path) -> dict:
         raise ValueError(f"{folder}: no .jpg, .jpeg, .png or .bmp photos")
     times, counts = [], []
     for path in files:
-        gray = to_gray(read_image(path))
+        image = read_image(path)
+        if image is None:
+            raise ValueError(f"{path}: not a readable image (corrupt or empty)")
+        gray = to_gray(image)
         found, ms = _timed(detector, gray)
         times.append(ms)
         counts.append(len(found))
