@@ -34,7 +34,7 @@ def convert(model, path: Path, precision: str, *, calib: np.ndarray | None = Non
 
     if precision not in PRECISIONS:
         raise ValueError(f"TFLite has no precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = _converter(model)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -55,3 +55,29 @@ def convert(model, path: Path, precision: str, *, calib: np.ndarray | None = Non
         converter.inference_output_type = tf.int8
     Path(path).write_bytes(converter.convert())
     return settings(precision)
+
+
+def _recurrent(model) -> bool:
+    from feredge.models.tf_env import keras
+
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+            return True
+        stack += getattr(layer, "layers", [])
+    return False
+
+
+def _converter(model):
+    """The converter for a Keras model. One with recurrent layers (seed004's LSTM head) is taken
+    from a concrete function of batch 1: from the Keras model the converter stops at
+    'tf.TensorListReserve op requires element_shape to be static', while a fixed batch lowers
+    each LSTM to a fused UNIDIRECTIONAL_SEQUENCE_LSTM op."""
+    from feredge.models.tf_env import tf
+
+    if not _recurrent(model):
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
+    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    return tf.lite.TFLiteConverter.from_concrete_functions([function], model)
