@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from feredge.edge.backends.base import Backend
+from feredge.edge.backends.base import Backend, BackendError
 
 
 def mirrored(batch: np.ndarray) -> np.ndarray:
@@ -31,6 +31,9 @@ class FlipAveraged(Backend):
     """A backend whose every prediction is flip-averaged; timing it times both passes."""
 
     def __init__(self, inner: Backend):
+        if len(inner.input_shape) != 3:  # mirroring is for (H, W, C) faces, not (T, F) sequences
+            raise BackendError(f"{inner.path}: flip averaging needs an image model of (H, W, C) input, "
+                               f"this one takes {inner.input_shape}")
         super().__init__(inner.path, inner.input_shape, inner.num_classes)
         self.inner = inner
         self.format, self.runtime, self.precision = inner.format, inner.runtime, inner.precision

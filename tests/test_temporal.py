@@ -37,36 +37,3 @@ def test_log_probabilities_from_the_features_equal_the_full_model():
 
     direct = model.predict(preprocess(clips.reshape(6, 48, 48), PreprocessSpec()), verbose=0).reshape(2, 3, 7)
     assert np.allclose(np.exp(logprobs_from_features(model, features)), direct, atol=1e-5)
-
-
-@pytest.mark.parametrize("bidirectional", [True, False])
-def test_the_head_converts_to_tflite_onnx_and_openvino_and_agrees(tmp_path, bidirectional):
-    """The kit's own exporters on the head; each file run by its runtime against Keras."""
-    import onnxruntime
-    import openvino
-    from ai_edge_litert.interpreter import Interpreter
-
-    from feredge.export import onnx as onnx_export
-    from feredge.export import openvino as ov_export
-    from feredge.export import tflite as tflite_export
-
-    head = build_head(frames=16, feature_dim=7, classes=7, bidirectional=bidirectional)
-    x = np.random.default_rng(2).normal(size=(1, 16, 7)).astype(np.float32)
-    reference = head.predict(x, verbose=0)
-    tflite_export.convert(head, tmp_path / "head.tflite", "fp32")
-    interpreter = Interpreter(model_path=str(tmp_path / "head.tflite"))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    ops = {d["op_name"] for d in interpreter._get_ops_details()}
-    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops  # the fused op, not a while loop
-    outputs = {"tflite": interpreter.get_tensor(interpreter.get_output_details()[0]["index"])}
-    onnx_export.convert(head, tmp_path / "head.onnx", "fp32", scratch=tmp_path)
-    session = onnxruntime.InferenceSession(str(tmp_path / "head.onnx"), providers=["CPUExecutionProvider"])
-    outputs["onnx"] = session.run(None, {session.get_inputs()[0].name: x})[0]
-    ov_export.convert(head, tmp_path / "ov" / "head.xml", "fp32")
-    compiled = openvino.Core().compile_model(str(tmp_path / "ov" / "head.xml"), "CPU",
-                                             {"INFERENCE_PRECISION_HINT": "f32"})
-    outputs["openvino"] = compiled(x)[0]
-    for name, out in outputs.items():
-        assert np.abs(out - reference).max() < 1e-4, name

@@ -15,19 +15,22 @@ class Backend(abc.ABC):
     runtime: str = ""  # the package that runs it, with version
     precision: str = ""  # what actually ran (OpenVINO may run fp32 IR in bf16)
 
-    def __init__(self, path, input_shape: tuple[int, int, int], num_classes: int):
+    def __init__(self, path, input_shape: tuple[int, ...], num_classes: int):
         self.path = path
-        self.input_shape = tuple(int(d) for d in input_shape)  # (H, W, C)
+        # One sample's fixed dims, batch axis excluded: (H, W, C) for an image model, (T, F) for a
+        # sequence model such as the temporal head.
+        self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N,H,W,C) -> float32 (N, classes)."""
+        """float32 (N, *input_shape), or one sample of input_shape -> float32 (N, classes)."""
         batch = np.asarray(batch)
-        if batch.ndim == 3:
+        given = tuple(batch.shape)
+        if batch.ndim == len(self.input_shape):
             batch = batch[None]
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
+        if batch.ndim != len(self.input_shape) + 1 or tuple(batch.shape[1:]) != self.input_shape:
             raise BackendError(f"{self.path}: expected input of shape (N, {', '.join(map(str, self.input_shape))}), "
-                               f"got {tuple(batch.shape)}")
+                               f"got {given}")
         if len(batch) == 0:
             return np.zeros((0, self.num_classes), np.float32)
         return self._predict(np.ascontiguousarray(batch, dtype=np.float32))

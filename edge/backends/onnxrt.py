@@ -75,8 +75,9 @@ class OnnxBackend(Backend):
         if len(inputs) != 1 or len(outputs) != 1:
             raise BackendError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         shape = inputs[0].shape
-        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-            raise BackendError(f"{path}: expected a 4-D NHWC input with fixed H, W, C; found {shape}")
+        if len(shape) not in (3, 4) or not all(isinstance(d, int) for d in shape[1:]):
+            raise BackendError(f"{path}: expected a 3-D (N,T,F) or 4-D NHWC input with fixed non-batch dims; "
+                               f"found {shape}")
         self._input = inputs[0].name
         self._fixed_batch = shape[0] if isinstance(shape[0], int) else None
         super().__init__(path, shape[1:], outputs[0].shape[-1])

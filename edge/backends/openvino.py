@@ -33,8 +33,9 @@ class OpenVINOBackend(Backend):
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise BackendError(f"{path}: expected one input and one output")
         shape = model.inputs[0].get_partial_shape()
-        if shape.rank.get_length() != 4 or any(d.is_dynamic for d in list(shape)[1:]):
-            raise BackendError(f"{path}: expected a 4-D NHWC input with fixed H, W, C; found {shape}")
+        if shape.rank.is_dynamic or shape.rank.get_length() not in (3, 4) or any(d.is_dynamic for d in list(shape)[1:]):
+            raise BackendError(f"{path}: expected a 3-D (N,T,F) or 4-D NHWC input with fixed non-batch dims; "
+                               f"found {shape}")
         in_shape = [d.get_length() for d in list(shape)[1:]]
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:

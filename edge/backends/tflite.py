@@ -40,13 +40,16 @@ class TFLiteBackend(Backend):
             raise BackendError(f"{path}: expected one input and one output, found {len(inp)} and {len(out)}")
         self._in, self._out = inp[0], out[0]
         shape = self._in["shape"]
-        if len(shape) != 4:
-            raise BackendError(f"{path}: expected a 4-D NHWC input, found shape {list(shape)}")
+        if len(shape) not in (3, 4):
+            raise BackendError(f"{path}: expected a 3-D (N,T,F) or 4-D NHWC input, found shape {list(shape)}")
         super().__init__(path, shape[1:], self._out["shape"][-1])
         self._in_q = self._quant(self._in)
         self._out_q = self._quant(self._out)
         self.precision = {np.int8: "int8", np.uint8: "uint8"}.get(self._in["dtype"], "fp32")
         self._batch = int(shape[0])
+        # A batch of -1 in the signature resizes; so does a fixed batch > 1 (image models). A fixed
+        # batch of 1 runs one sample per invoke: recurrent heads are converted at batch 1, and their
+        # fused LSTM ops keep batch-1 state tensors that refuse a resize.
         self._resizable = -1 in list(self._in.get("shape_signature", [])) or self._batch != 1
 
     @staticmethod
@@ -65,6 +68,10 @@ class TFLiteBackend(Backend):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         x = quantize(batch, *self._in_q, self._in["dtype"]) if self._in_q else batch.astype(self._in["dtype"])
         self._interp.set_tensor(self._in["index"], x)
+        # A fused LSTM keeps its state in variable tensors that carry over from one invoke to the
+        # next: without this, every sequence after the first would start from the last one's end
+        # (up to 8e-4 off the Keras head). Under a microsecond; a no-op for models without state.
+        self._interp.reset_all_variables()
         self._interp.invoke()
         y = self._interp.get_tensor(self._out["index"])
         return dequantize(y, *self._out_q) if self._out_q else y.astype(np.float32)
