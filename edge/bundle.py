@@ -171,7 +171,8 @@ class Bundle:
             backend.close()
             raise BundleError(f"{self.path(artifact)}: the model has {backend.num_classes} outputs but the manifest "
                               f"names {len(self.labels)} labels")
-        return with_flip_average(backend, self.spec.flip_average)
+        # a temporal head reads per-frame features, never images: mirroring means nothing to it
+        return with_flip_average(backend, self.spec.flip_average and "temporal" not in self.manifest)
 
 
 def _relative_inside(name, root: Path) -> bool:

@@ -5,6 +5,7 @@ from pathlib import Path
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 PRETRAINED_DIR = MODELS_DIR / "pretrained"
 DEFAULT_BUNDLE = PRETRAINED_DIR / "bundle"
+DEFAULT_TEMPORAL_BUNDLE = PRETRAINED_DIR / "seed004" / "bundle"  # seed004's head, for feredge run --temporal
 SAMPLE_DIR = MODELS_DIR / "sample"
 # the face detectors' model files that ship with the runtime (attribution in their README)
 DETECTORS_DIR = Path(__file__).resolve().parent / "detectors"

@@ -42,6 +42,8 @@ class FaceResult:
     smoothed_probabilities: np.ndarray
     track: int
     score: float | None = None  # the detector's own score (Haar: neighbours; YuNet: confidence)
+    temporal_probabilities: np.ndarray | None = None  # seed004's head over the track's last T frames
+    temporal_label: str | None = None  # None until the track has T frames (or without --temporal)
 
     @property
     def confidence(self) -> float:
@@ -54,6 +56,10 @@ class FaceResult:
                "smoothed_label": self.smoothed_label}
         if self.score is not None:
             out["score"] = round(float(self.score), 4)
+        if self.temporal_probabilities is not None or self.temporal_label is not None:
+            out["temporal_label"] = self.temporal_label
+        if self.temporal_probabilities is not None:
+            out["temporal_probabilities"] = [round(float(p), 4) for p in self.temporal_probabilities]
         return out
 
 
@@ -108,11 +114,12 @@ class Pipeline:
     backend: an edge.backends Backend (predict(float32 NHWC) -> probabilities); spec and labels from
     the bundle; detector: edge.detect (default: whole frame); smoother: EmaSmoother / MajoritySmoother
     / NoSmoother or a ready FaceTracker; margin: crop margin as a fraction of the box (default: the
-    spec's margin, which is what the model was trained with).
+    spec's margin, which is what the model was trained with); temporal: an edge.temporal.TemporalHead
+    run over each track's last T frames (a "temporal" stage).
     """
 
     def __init__(self, backend, spec: PreprocessSpec, labels: Sequence[str], detector: Detector | None = None,
-                 smoother=None, margin: float | None = None):
+                 smoother=None, margin: float | None = None, temporal=None):
         self.backend, self.spec, self.labels = backend, spec, tuple(labels)
         self.last_summary: RunSummary | None = None
         self.detector = detector or WholeFrameDetector()
@@ -123,22 +130,27 @@ class Pipeline:
         classes = getattr(backend, "num_classes", len(self.labels))
         if classes != len(self.labels):
             raise ValueError(f"the model predicts {classes} classes but the bundle names {len(self.labels)} labels")
+        shape = getattr(backend, "input_shape", None)
+        if shape is not None and tuple(shape) != spec.input_shape:  # a temporal head, or another image size
+            raise ValueError(f"{getattr(backend, 'path', 'the model')}: the model takes input {tuple(shape)} but the "
+                             f"preprocessing spec makes (H, W, C) faces of {spec.input_shape}")
+
+        self.temporal, self.buffers = temporal, None
+        if temporal is not None:
+            from feredge.edge.temporal import TrackBuffers
+
+            temporal.check_labels(self.labels)
+            self.buffers = TrackBuffers(temporal.frames)
 
     def reset(self) -> None:
         """Forget tracks and carried boxes (a new video, say)."""
         self.tracker.reset()
         self.detector.reset()
+        if self.buffers is not None:
+            self.buffers.reset()
 
     def _crop(self, source: np.ndarray, detection, box, to_source: tuple[float, float]) -> np.ndarray:
-        """The face crop: turned upright by the eyes when the spec says align and the detector gave
-        them, else the box. to_source scales detection pixels to the source image's."""
-        if self.spec.align and detection.landmarks and detection.eye_ref:
-            eyes = [(x * to_source[0], y * to_source[1]) for x, y in detection.landmarks[:2]]
-            try:
-                return aligned_crop(source, eyes, detection.eye_ref, self.margin)
-            except ValueError:
-                pass  # eyes that make no face (a profile, a bad landmark): the box crop instead
-        return crop_face(source, box, self.margin)
+        return face_crop(source, detection, box, self.margin, self.spec.align, to_source)
 
     def process(self, frame: Frame, capture_ms: float = 0.0) -> FrameResult:
         clock = time.perf_counter
@@ -167,7 +179,23 @@ class Pipeline:
         t4 = clock()
         stage_ms = {"capture": capture_ms, "detect": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1),
                     "infer": 1000 * (t3 - t2), "smooth": 1000 * (t4 - t3), "draw": 0.0}
+        if self.temporal is not None:
+            self._temporal(faces)
+            stage_ms["temporal"] = 1000 * (clock() - t4)
         return FrameResult(frame.index, frame.timestamp, faces, stage_ms, frame.name)
+
+    def _temporal(self, faces: list[FaceResult]) -> None:
+        """Each face's frame joins its track's ring buffer; a full buffer runs the head."""
+        ready = []
+        for face in faces:
+            self.buffers.push(face.track, face.probabilities)
+            if self.buffers.full(face.track):
+                ready.append(face)
+        if ready:  # one call for every face that has T frames: the head's batch
+            out = self.temporal.predict(np.stack([self.buffers.sequence(f.track) for f in ready]))
+            for face, p in zip(ready, out):
+                face.temporal_probabilities, face.temporal_label = p, self.labels[int(np.argmax(p))]
+        self.buffers.tick()
 
     def run(self, source: FrameSource, sinks: Sequence = (), *, max_frames: int | None = None,
             on_result=None) -> RunSummary:
@@ -219,6 +247,19 @@ class Pipeline:
         finally:
             summary.seconds = time.perf_counter() - started
         return summary
+
+
+def face_crop(source: np.ndarray, detection, box, margin: float, align: bool,
+              to_source: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """The runtime's face crop: turned upright by the eyes when `align` and the detector gave them,
+    else `box` grown by `margin`. to_source scales detection pixels to the source image's."""
+    if align and detection.landmarks and detection.eye_ref:
+        eyes = [(x * to_source[0], y * to_source[1]) for x, y in detection.landmarks[:2]]
+        try:
+            return aligned_crop(source, eyes, detection.eye_ref, margin)
+        except ValueError:
+            pass  # eyes that make no face (a profile, a bad landmark): the box crop instead
+    return crop_face(source, box, margin)
 
 
 def _scale_box(box, sx: float, sy: float) -> tuple[int, int, int, int]:

@@ -25,9 +25,13 @@ def annotate(image: np.ndarray, result, labels, fps: float | None = None) -> np.
     thick = max(1, int(round(unit * 2)))
     for face in result.faces:
         x, y, bw, bh = face.box
-        c = colour(face.smoothed_label, labels.index(face.smoothed_label) if face.smoothed_label in labels else 0)
+        # the temporal head's label once the track has its T frames, else the smoothed per-frame one
+        temporal = getattr(face, "temporal_label", None)
+        label = temporal or face.smoothed_label
+        p = face.temporal_probabilities if temporal else face.smoothed_probabilities
+        c = colour(label, labels.index(label) if label in labels else 0)
         cv2.rectangle(out, (x, y), (x + bw, y + bh), c, thick)
-        text = f"{face.smoothed_label} {face.smoothed_probabilities.max():.0%}"
+        text = f"{label} {p.max():.0%}" + (" (clip)" if temporal else "")
         (tw, th), base = cv2.getTextSize(text, FONT, unit, thick)
         ty = y - 4 if y - th - base - 4 >= 0 else y + bh + th + 4
         cv2.rectangle(out, (x, ty - th - base), (x + tw + 4, ty + base // 2), c, -1)

@@ -129,7 +129,11 @@ def write_clip_folders(clipset: ClipSet, root: str | Path) -> list[Path]:
 
 
 def load_clips(root: str | Path) -> ClipSet:
-    """A class/clip/frames tree as a ClipSet; one line naming the folder for anything malformed."""
+    """A class/clip/frames tree, or a video labels .csv (video_clips), as a ClipSet; one-line errors naming the file."""
+    if Path(root).suffix.lower() == ".csv":
+        from feredge.evaluation.video_clips import load_video_clips  # imports this module: no top-level import
+
+        return load_video_clips(root)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such clip folder")
