@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     split = args.split
     if split is None and (Path(data).suffix.lower() == ".csv" or (Path(data) / "test").is_dir()):
         split = "test"
+    from feredge.models.temporal_train import is_temporal_run
+
+    if is_temporal_run(model):
+        return _run_temporal(args, model, data, split)
     flip = {"spec": None, "on": True, "off": False}[args.flip_average]
     perturb = ()
     if args.perturb is not None:
@@ -102,3 +106,24 @@ def _default_model():
                 return bundle.path(artifact)
     raise ValueError("no TensorFlow and no inference runtime installed: pip install \"feredge[tflite]\" "
                      "(or onnx, openvino) to evaluate the shipped bundle")
+
+
+def _run_temporal(args, model, data, split) -> int:
+    """A seed004 run on clips: per-clip report of the head, and the per-frame / EMA / temporal comparison."""
+    import json
+
+    from feredge.evaluation.metrics import format_confusion, format_report
+    from feredge.models.temporal_train import evaluate_temporal_run, format_comparison
+
+    result = evaluate_temporal_run(model, data, split, out_dir=args.out, limit=args.limit)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    report = result["rows"][-1]["report"]
+    print(f"{model} (seed004 temporal head) on {result['data']}: {result['clips']} clips of {result['frames']} frames\n")
+    print(format_report(report))
+    print("\nconfusion matrix (rows: true, columns: predicted)")
+    print(format_confusion(report["confusion_matrix"], report["labels"]))
+    print("\nthe same clips through the per-frame model, with EMA smoothing and with the temporal head")
+    print(format_comparison(result))
+    return 0

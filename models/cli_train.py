@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = _DEFAULTS
     p.add_argument("--data", help="FER-2013 CSV, a folder with train/ and test/, or class folders "
                                    "(default: the shipped sample, for a quick try)")
-    p.add_argument("--arch", default=d.arch, help="seed000 | seed001 | seed002 | seed003 | edge (default: %(default)s)")
+    p.add_argument("--arch", default=d.arch, help="seed000 | seed001 | seed002 | seed003 | edge, or seed004: the temporal head over a face's "
+                        "last frames (see the seed004 options) (default: %(default)s)")
     p.add_argument("--out", help="run directory (default: runs/ARCH)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -69,12 +70,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip-average", action="store_true",
                    help="run the trained model on each face and its mirror image and average (recorded in its "
                         "preprocess.json, so eval, export, runtime and bench all do it; 2x inference per face)")
+    t = p.add_argument_group("seed004 (the temporal head; --data may also be clip folders or a video labels CSV)")
+    t.add_argument("--frames", type=int, default=16, help="frames per clip, T (default: %(default)s: about 0.5 s at 30 FPS)")
+    t.add_argument("--frame-model", default="", metavar="MODEL",
+                   help="the frozen per-frame model whose log-probabilities the head reads (default: the shipped one)")
+    t.add_argument("--units", type=int, default=32, help="LSTM units per direction (default: %(default)s)")
+    t.add_argument("--dense", type=int, default=32, help="units of the dense layer after it (default: %(default)s)")
+    t.add_argument("--unidirectional", action="store_true",
+                   help="a forward-only LSTM instead of the paper's BiLSTM (for converters that cannot hold one)")
 
 
 def run(args: argparse.Namespace) -> int:
     from feredge.models.train import resume, train
 
     out = args.out or f"runs/{args.arch}"
+    if args.arch == "seed004":
+        return _run_temporal(args, out)
     if args.resume:
         report = resume(out, epochs=args.epochs)
     else:
@@ -90,4 +101,25 @@ def run(args: argparse.Namespace) -> int:
               else f"best epoch {report['best_epoch']}")
     print(f"{out}: {chosen} of {report['epochs_trained']}: "
           f"validation accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}")
+    return 0
+
+
+def _run_temporal(args: argparse.Namespace, out: str) -> int:
+    from feredge.models.temporal_train import TemporalConfig, train_temporal
+
+    if args.resume:
+        raise ValueError("seed004 trains in minutes and has no --resume; use --overwrite to train it again")
+    if args.data is None:
+        raise ValueError("seed004 needs --data: labelled faces with train/ and test/ (made into clips), "
+                         "clip folders or a video labels CSV")
+    d = TemporalConfig(data="")
+    report = train_temporal(TemporalConfig(
+        data=args.data, out=out, frame_model=args.frame_model, frames=args.frames,
+        train_split=None if args.train_split == "none" else args.train_split, val=args.val,
+        limit=args.limit or d.limit, units=args.units, dense=args.dense, bidirectional=not args.unidirectional,
+        epochs=args.epochs or d.epochs, patience=args.patience or d.patience, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed), overwrite=args.overwrite)
+    print(f"{out}: seed004 head, best epoch {report['best_epoch']} of {report['epochs_trained']}: clip accuracy "
+          f"{report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} ({report['parameters']:,} parameters, "
+          f"{report['macs']:,} MACs per clip); comparison in {out}/comparison.md")
     return 0
