@@ -70,13 +70,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = Path("bundles") / (model.stem if model.is_file() else model.name)
     started = time.perf_counter()
+    from feredge.models.temporal_train import is_temporal_run
+
     try:
-        bundle = export_model(model, out, formats=args.formats, precisions=args.precisions, calib=args.calib,
-                              calib_count=args.calib_count, data=args.data, labels=args.labels, prune=args.prune,
-                              allow_drop=args.allow_drop, add_softmax=args.add_softmax, progress=not args.quiet,
-                              finetune_epochs=args.finetune_epochs, skip=args.skip, target=args.target,
-                              preprocess=preprocess_flags.from_args(args),
-                              flip_average={"spec": None, "on": True, "off": False}[args.flip_average])
+        if is_temporal_run(model):  # a seed004 head: its own bundle, verified on clips
+            from feredge.export.temporal import export_temporal
+
+            bundle = export_temporal(model, out, formats=args.formats, precisions=args.precisions, calib=args.calib,
+                                     calib_count=args.calib_count, data=args.data, allow_drop=args.allow_drop,
+                                     target=args.target, skip=args.skip)
+        else:
+            bundle = export_model(model, out, formats=args.formats, precisions=args.precisions, calib=args.calib,
+                                  calib_count=args.calib_count, data=args.data, labels=args.labels, prune=args.prune,
+                                  allow_drop=args.allow_drop, add_softmax=args.add_softmax, progress=not args.quiet,
+                                  finetune_epochs=args.finetune_epochs, skip=args.skip, target=args.target,
+                                  preprocess=preprocess_flags.from_args(args),
+                                  flip_average={"spec": None, "on": True, "off": False}[args.flip_average])
     except ExportIncomplete as exc:
         print(exc.summary, end="")
         print(f"\nferedge export: {exc}", file=sys.stderr)

@@ -113,40 +113,44 @@ class _Exporter:
         self.scratch, self.total, self.done = scratch, total, 0
         self.spec = spec  # verified as the device will run it (flip-averaged or not)
         self.target = target or get_target(None)
+        self.unit = "faces"  # what the verification set holds, for the log
 
     def run(self, model, ref: Reference, tag: str | None = None, pruning: dict | None = None) -> list[Artifact]:
-        records = []
+        return [self.one(model, ref, fmt, prec, tag, pruning) for fmt, prec in self.jobs]
+
+    def one(self, model, ref: Reference, fmt: str, prec: str, tag: str | None = None,
+            pruning: dict | None = None) -> Artifact:
+        """Convert, verify and record one (format, precision) of `model`."""
         scratch = self.scratch / (tag or "model")  # what one model's conversions share (the ONNX fp32 graph)
         scratch.mkdir(parents=True, exist_ok=True)
-        for fmt, prec in self.jobs:
-            self.done += 1
-            aid = artifact_id(fmt, prec, tag)
-            files = relative_files(fmt, prec, tag)
-            target = self.writer.path(files[0])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            log.info("[%d/%d] %s: converting", self.done, self.total, aid)
-            started = time.perf_counter()
-            exporter = importlib.import_module(format_table.get(fmt).exporter)
-            with _quiet(), contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress on stdout
-                settings = exporter.convert(model, target, prec, calib=self.calib.x, scratch=scratch,
-                                            scheme=self.target.scheme_for(fmt))
-            seconds = time.perf_counter() - started
-            log.info("[%d/%d] %s: converted in %.1f s; verifying on %d faces", self.done, self.total, aid, seconds,
-                     len(self.verify_set))
-            check = verify(target, fmt, prec, self.verify_set.x, self.verify_set.y, ref, self.spec)
-            paths = [self.writer.path(f) for f in files]
-            records.append(Artifact(
-                id=aid, format=fmt, precision=prec, files=tuple(files),
-                bytes=int(sum(p.stat().st_size for p in paths)),
-                sha256={f: sha256_file(p) for f, p in zip(files, paths)},
-                pruning=pruning, verification=Verification.from_dict(check), settings=settings,
-                convert_seconds=round(seconds, 2),
-                gzip_bytes=sum(len(gzip.compress(p.read_bytes(), 9)) for p in paths)))
-            acc = "-" if check["accuracy"] is None else f"{check['accuracy'] * 100:.2f} %"
-            log.info("[%d/%d] %s: agreement %.2f %%, accuracy %s, ran %s%s", self.done, self.total, aid,
-                     check["agreement"] * 100, acc, check["ran_precision"],
-                     "" if check["passed"] else f"  FAILED: {check['failure']}")
-        return records
+        self.done += 1
+        aid = artifact_id(fmt, prec, tag)
+        files = relative_files(fmt, prec, tag)
+        target = self.writer.path(files[0])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.info("[%d/%d] %s: converting", self.done, self.total, aid)
+        started = time.perf_counter()
+        exporter = importlib.import_module(format_table.get(fmt).exporter)
+        with _quiet(), contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress on stdout
+            settings = exporter.convert(model, target, prec, calib=self.calib.x, scratch=scratch,
+                                        scheme=self.target.scheme_for(fmt))
+        seconds = time.perf_counter() - started
+        log.info("[%d/%d] %s: converted in %.1f s; verifying on %d %s", self.done, self.total, aid, seconds,
+                 len(self.verify_set), self.unit)
+        check = verify(target, fmt, prec, self.verify_set.x, self.verify_set.y, ref, self.spec)
+        paths = [self.writer.path(f) for f in files]
+        artifact = Artifact(
+            id=aid, format=fmt, precision=prec, files=tuple(files),
+            bytes=int(sum(p.stat().st_size for p in paths)),
+            sha256={f: sha256_file(p) for f, p in zip(files, paths)},
+            pruning=pruning, verification=Verification.from_dict(check), settings=settings,
+            convert_seconds=round(seconds, 2),
+            gzip_bytes=sum(len(gzip.compress(p.read_bytes(), 9)) for p in paths))
+        acc = "-" if check["accuracy"] is None else f"{check['accuracy'] * 100:.2f} %"
+        log.info("[%d/%d] %s: agreement %.2f %%, accuracy %s, ran %s%s", self.done, self.total, aid,
+                 check["agreement"] * 100, acc, check["ran_precision"],
+                 "" if check["passed"] else f"  FAILED: {check['failure']}")
+        return artifact
 
 
 def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=None, calib_count: int = 300,
@@ -242,18 +246,7 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
             artifacts += variant
             del pruned
 
-        failures = [a for a in artifacts if not a.verification.passed]
-        rejected = []
-        for a in failures:
-            if allow_drop:
-                log.warning("%s: %s (kept: --allow-drop)", a.id, a.verification.failure)
-                a.verification.allowed = True
-            else:
-                log.warning("%s: REJECTED, left out of the bundle: %s", a.id, a.verification.failure)
-                for name in a.files:
-                    writer.path(name).unlink(missing_ok=True)
-                rejected.append({**a.to_dict(), "reason": a.verification.failure})
-        artifacts = [a for a in artifacts if a.verification.passed or allow_drop]
+        artifacts, rejected = reject_failures(writer, artifacts, allow_drop)
 
         writer.write_text("preprocess.json", json.dumps(source.spec.to_dict(), indent=2) + "\n")
         writer.write_text("labels.json", json.dumps(list(source.labels), indent=2) + "\n")
@@ -291,6 +284,24 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
         out = writer.commit(manifest)
     log.info("export finished in %.0f s", time.perf_counter() - started)
     return Bundle.load(out)
+
+
+def reject_failures(writer: BundleWriter, artifacts: list[Artifact], allow_drop: bool) -> tuple[list[Artifact], list[dict]]:
+    """(artifacts kept, manifest records of those rejected): a failed artifact's files leave the
+    bundle, unless allow_drop keeps it marked as allowed."""
+    rejected = []
+    for a in artifacts:
+        if a.verification.passed:
+            continue
+        if allow_drop:
+            log.warning("%s: %s (kept: --allow-drop)", a.id, a.verification.failure)
+            a.verification.allowed = True
+        else:
+            log.warning("%s: REJECTED, left out of the bundle: %s", a.id, a.verification.failure)
+            for name in a.files:
+                writer.path(name).unlink(missing_ok=True)
+            rejected.append({**a.to_dict(), "reason": a.verification.failure})
+    return [a for a in artifacts if a.verification.passed or allow_drop], rejected
 
 
 def _gzip_comparison(unpruned: list[Artifact], pruned: list[Artifact]) -> dict:

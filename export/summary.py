@@ -86,8 +86,9 @@ def format_summary(manifest: dict) -> str:
     ver = manifest["verification_data"]
     lines = [f"{model['name']} ({model['source']}): {model['parameters']:,} parameters, "
              f"{model['macs'] / 1e6:.2f} M MACs, output {model['output']}",
-             f"verification: {ver['count']} faces from {ver['source']}; Keras accuracy "
-             f"{_pct(ver.get('keras_accuracy'))}; calibration: {manifest['calibration']['count']} faces from "
+             f"verification: {ver['count']} {ver.get('unit', 'faces')} from {ver['source']}; Keras accuracy "
+             f"{_pct(ver.get('keras_accuracy'))}; calibration: {manifest['calibration']['count']} "
+             f"{manifest['calibration'].get('unit', 'faces')} from "
              f"{manifest['calibration']['source']}"
              + ("; every figure is flip-averaged (face and mirror image)"
                 if manifest.get("preprocess", {}).get("flip_average") else ""),
