@@ -55,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faces-per-size", type=int, default=40, help="--detectors: faces per size bin (default: 40)")
     p.add_argument("--photos", default=None, metavar="DIR",
                    help="--detectors: also a folder of your own full photos (no ground truth: faces found, time)")
+    p.add_argument("--temporal", nargs="?", const="default", default=None, metavar="BUNDLE",
+                   help="measure seed004's temporal head instead (default: the shipped one): latency per clip "
+                        "per artifact and --threads; with --video also the pipeline on that video without and "
+                        "with the head (per-frame artifacts: --artifacts, default tflite-fp32)")
     p.add_argument("--out", default="bench-results", help="directory for JSON, CSV, Markdown and plots")
 
 
@@ -65,6 +69,20 @@ def run(args: argparse.Namespace) -> int:
         detectors.run(argparse.Namespace(detectors=args.detectors, per_bin=args.faces_per_size,
                                          empty=args.faces_per_size, video_seconds=6.0, cv_threads=1, seed=0,
                                          out=args.out, photos=args.photos))
+        return 0
+    if args.temporal:
+        from feredge.benchmarks import temporal
+        from feredge.edge.paths import DEFAULT_BUNDLE, DEFAULT_TEMPORAL_BUNDLE
+
+        root = DEFAULT_TEMPORAL_BUNDLE if args.temporal == "default" else Path(args.temporal)
+        result = temporal.measure(root, args.threads, warmup_s=args.warmup, min_s=args.min_time,
+                                  min_runs=args.min_runs)
+        if args.video:  # what the head costs a whole frame: the pipeline without and with it
+            result["e2e"] = temporal.e2e_with_and_without(
+                Path(args.bundle) if args.bundle else DEFAULT_BUNDLE, root, args.video, args.threads,
+                [a for a in args.artifacts.split(",") if a] or ["tflite-fp32"], args.e2e_frames)
+        print(temporal.format_table(result))
+        print(f"\nresults in {temporal.write(result, args.out)}")
         return 0
     if args.compare:
         if args.compare[0] != "compare" or len(args.compare) < 2:

@@ -51,7 +51,14 @@ def e2e_job(job: dict) -> dict:
                               scale=run_cli._parse_scale(str(job.get("detect_scale", d.detect_scale))),
                               min_face=job.get("min_face"), every=int(job.get("detect_every", run_cli.TRACK_EVERY)))
     spec = bundle.spec.replace(align=bool(job["align"])) if "align" in job else bundle.spec
-    pipeline = Pipeline(backend, spec, bundle.labels, detector, parse_smoother(job.get("smooth", "ema:0.5")))
+    temporal = None
+    if job.get("temporal"):  # seed004's head beside the per-frame artifact, in its format when there is one
+        from feredge.edge.temporal import TemporalHead
+
+        held = {a.format for a in Bundle.load(job["temporal"]).artifacts}
+        temporal = TemporalHead.load(job["temporal"], format=artifact.format if artifact.format in held else None)
+    pipeline = Pipeline(backend, spec, bundle.labels, detector, parse_smoother(job.get("smooth", "ema:0.5")),
+                        temporal=temporal)
     results, first = [], []
 
     def keep(result):
@@ -71,12 +78,16 @@ def e2e_job(job: dict) -> dict:
         out.update(detection_rate=score["detection_rate"], label_accuracy=score["label_accuracy"],
                    smoothed_label_accuracy=score["smoothed_label_accuracy"],
                    false_per_frame=score["false_per_frame"], box_scale=score["box_scale"])
+        if "temporal_label_accuracy" in score:
+            out["temporal_label_accuracy"] = score["temporal_label_accuracy"]
     return out
 
 
 def run_e2e(bundle_dir, video, threads=(1,), max_frames: int | None = 300,
-            artifacts: list[str] | None = None, timeout_s: float = 900.0, progress: bool = True) -> list[dict]:
-    """One row per (artifact, threads); by default the fp32 and int8 artifact of every format."""
+            artifacts: list[str] | None = None, timeout_s: float = 900.0, progress: bool = True,
+            temporal=None) -> list[dict]:
+    """One row per (artifact, threads); by default the fp32 and int8 artifact of every format.
+    temporal: a seed004 bundle run beside each artifact (rows labelled '+temporal')."""
     from feredge.edge.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir)
@@ -86,19 +97,20 @@ def run_e2e(bundle_dir, video, threads=(1,), max_frames: int | None = 300,
     rows = []
     for artifact in ids:
         for t in threads:
+            label = f"{artifact} t{t}" + (" +temporal" if temporal else "")
             if progress:
-                print(f"[e2e] {artifact} threads={t} on {Path(str(video)).name} ...", file=sys.stderr, flush=True)
+                print(f"[e2e] {label} on {Path(str(video)).name} ...", file=sys.stderr, flush=True)
             job = {"bundle": str(bundle_dir), "artifact": artifact, "threads": t, "video": str(video),
-                   "max_frames": max_frames}
+                   "max_frames": max_frames, **({"temporal": str(temporal)} if temporal else {})}
             done = subprocess.run([sys.executable, "-m", "feredge.benchmarks.e2e", json.dumps(job)],
                                   capture_output=True, text=True, timeout=timeout_s)
             lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
             if done.returncode != 0 or not lines:
                 tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                rows.append({"label": f"{artifact} t{t}", "artifact": artifact, "threads": t,
+                rows.append({"label": label, "artifact": artifact, "threads": t,
                              "error": tail[:300], "frames": 0, "fps": 0.0, "stage_ms": {}})
                 continue
-            rows.append({"label": f"{artifact} t{t}", "artifact": artifact, "threads": t,
+            rows.append({"label": label, "artifact": artifact, "threads": t,
                          "video": str(video), **json.loads(lines[-1])})
     return rows
 

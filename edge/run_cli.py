@@ -58,6 +58,10 @@ def add_arguments(p) -> None:
     p.add_argument("--smooth", default=None,
                    help="ema:ALPHA | window:N | none (default: ema:0.5 for cameras and videos, none for images, "
                         "where consecutive frames are different faces)")
+    p.add_argument("--temporal", nargs="?", const="default", default=None, metavar="BUNDLE",
+                   help="also label each face from its last T frames with seed004's temporal head (a bundle "
+                        "from exporting a seed004 run; without a value the shipped one); adds temporal_label "
+                        "to the JSON lines and a 'temporal' stage")
     p.add_argument("--headless", action="store_true", help="no window: JSON lines to stdout (or --output)")
     p.add_argument("--output", default=None, metavar="FILE", help="JSON lines to FILE (- for stdout)")
     p.add_argument("--serve", default=None, metavar="HOST:PORT",
@@ -168,6 +172,27 @@ def _check_args(args) -> None:
         raise ValueError("--retries must be >= 0 and --backoff between 0 and 3600 s")
 
 
+def _open_temporal(value: str, frame_format: str, frame_bundle):
+    """seed004's head, in the per-frame artifact's format when the temporal bundle has it (one runtime)."""
+    from feredge.edge.bundle import Bundle, BundleError
+    from feredge.edge.paths import DEFAULT_TEMPORAL_BUNDLE
+    from feredge.edge.temporal import TemporalHead
+
+    root = DEFAULT_TEMPORAL_BUNDLE if value == "default" else Path(value)
+    try:
+        formats_here = {a.format for a in Bundle.load(root).artifacts}
+        head = TemporalHead.load(root, format=frame_format if frame_format in formats_here else None)
+    except BundleError as exc:
+        raise ValueError(str(exc)) from None
+    log.info("temporal head: %s (%s) over each face's last %d frames", head.id, root, head.frames)
+    trained_on = head.bundle.manifest["temporal"].get("frame_model_sha256")
+    if trained_on and trained_on != frame_bundle.manifest.get("model", {}).get("sha256"):
+        log.warning("the temporal head learned from another per-frame model's log-probabilities than %s "
+                    "exported; its labels may be off: train it on this one (feredge train --arch seed004 "
+                    "--frame-model ...)", frame_bundle.root)
+    return head
+
+
 def run(args) -> int:
     from feredge.edge.backends import BackendError
     from feredge.edge.bundle import Bundle, BundleError
@@ -219,6 +244,7 @@ def run(args) -> int:
              bundle.path(choice.artifact).name, backend.precision, backend.runtime, choice.threads or "default",
              choice.reason, "; flip-averaged (2 inferences per face)" if bundle.spec.flip_average else "")
 
+    temporal = _open_temporal(args.temporal, choice.artifact.format, bundle) if args.temporal else None
     source_text = args.source if args.source is not None else str(SAMPLE_DIR)
     is_default_source = args.source is None
     detector_text = args.detector
@@ -247,8 +273,13 @@ def run(args) -> int:
             every = args.detect_every or (1 if isinstance(source, ImageSource) else TRACK_EVERY)
             if every > 1 and not isinstance(detector, WholeFrameDetector):
                 detector = EveryN(detector, every)
+            if temporal is not None and isinstance(source, ImageSource):
+                log.warning("--temporal on %s: images are read as separate pictures, so a track's last %d "
+                            "frames may be different faces; it is meant for a video or a camera", source.name,
+                            temporal.frames)
             spec = bundle.spec if args.align == "spec" else bundle.spec.replace(align=args.align == "on")
-            pipeline = Pipeline(backend, spec, bundle.labels, detector, parse_smoother(smooth), args.margin)
+            pipeline = Pipeline(backend, spec, bundle.labels, detector, parse_smoother(smooth), args.margin,
+                                temporal=temporal)
             log.info("source: %s; detector: %s%s; smoothing: %s; margin %.2f", source.name, detector.name,
                      ", eye-aligned crops" if spec.align and detector_text.startswith(("yunet", "blazeface")) else "",
                      smooth, pipeline.margin)

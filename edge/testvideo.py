@@ -166,7 +166,7 @@ def score_run(results, truth: dict, iou_threshold: float = 0.3, reference: dict 
     `reference_agreement`, the share of matched faces whose label equals that prediction.
     """
     frames = truth["frames"]
-    n_truth = matched = false_pos = correct = correct_smoothed = agree = 0
+    n_truth = matched = false_pos = correct = correct_smoothed = agree = temporal = correct_temporal = 0
     per_frame_hits, box_scale = [], []
     for result in results:
         r = result.to_dict() if hasattr(result, "to_dict") else result
@@ -186,6 +186,9 @@ def score_run(results, truth: dict, iou_threshold: float = 0.3, reference: dict 
             box_scale.append(d["box"][2] / t["box"][2])
             correct += d["label"] == t["label"]
             correct_smoothed += d.get("smoothed_label") == t["label"]
+            if d.get("temporal_label"):  # faces whose track already had T frames
+                temporal += 1
+                correct_temporal += d["temporal_label"] == t["label"]
             if reference is not None:
                 agree += d["label"] == reference.get(t["file"])
         n_truth += len(expected)
@@ -206,6 +209,9 @@ def score_run(results, truth: dict, iou_threshold: float = 0.3, reference: dict 
     }
     if reference is not None:
         out["reference_agreement"] = agree / matched if matched else 0.0
+    if temporal:
+        out["temporal_label_accuracy"] = correct_temporal / temporal
+        out["temporal_labelled"] = temporal
     return out
 
 
