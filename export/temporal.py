@@ -51,12 +51,12 @@ class Sequences:
 
 def _sequences(frame_model, frame_files, labels, data, frames: int, *, split, seed: int, limit: int | None) -> Sequences:
     from feredge.evaluation.clip_sources import clip_source
-    from feredge.models.temporal_train import frame_logprobs, model_order
+    from feredge.models.temporal_train import cached_logprobs, model_order
 
     clips = clip_source(data, split, frames, seed=seed, limit=limit, progress=False)
     if not len(clips):
         raise ValueError(f"{data}: no clips")
-    return Sequences(frame_logprobs(frame_model, clips.clips, frame_files.spec), model_order(clips, labels),
+    return Sequences(cached_logprobs(frame_files, clips.clips, lambda: frame_model), model_order(clips, labels),
                      clips.source)
 
 

@@ -76,6 +76,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the frozen per-frame model whose log-probabilities the head reads (default: the shipped one)")
     t.add_argument("--units", type=int, default=32, help="LSTM units per direction (default: %(default)s)")
     t.add_argument("--dense", type=int, default=32, help="units of the dense layer after it (default: %(default)s)")
+    t.add_argument("--switch-rate", type=float, default=0.25,
+                   help="add spliced copies of this share of the training clips, whose expression changes "
+                        "part-way (the label is the last one), so the head follows a change (default: %(default)s)")
+    t.add_argument("--min-tail", type=int, default=4,
+                   help="frames of the new expression at the end of a spliced clip (default: %(default)s)")
     t.add_argument("--unidirectional", action="store_true",
                    help="a forward-only LSTM instead of the paper's BiLSTM (for converters that cannot hold one)")
 
@@ -118,7 +123,7 @@ def _run_temporal(args: argparse.Namespace, out: str) -> int:
         train_split=None if args.train_split == "none" else args.train_split, val=args.val,
         limit=args.limit or d.limit, units=args.units, dense=args.dense, bidirectional=not args.unidirectional,
         epochs=args.epochs or d.epochs, patience=args.patience or d.patience, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed), overwrite=args.overwrite)
+        lr=args.lr, seed=args.seed, switch_rate=args.switch_rate, min_tail=args.min_tail), overwrite=args.overwrite)
     print(f"{out}: seed004 head, best epoch {report['best_epoch']} of {report['epochs_trained']}: clip accuracy "
           f"{report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} ({report['parameters']:,} parameters, "
           f"{report['macs']:,} MACs per clip); comparison in {out}/comparison.md")

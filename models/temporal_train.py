@@ -44,6 +44,8 @@ class TemporalConfig:
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
+    switch_rate: float = 0.25  # spliced copies of this share of the training clips join them (see splice)
+    min_tail: int = 4  # frames of the new expression at the end of a spliced clip
 
 
 def is_temporal_run(path) -> bool:
@@ -105,6 +107,38 @@ def frame_logprobs(model, clips: np.ndarray, spec, *, chunk: int = 4096) -> np.n
     return frame_features(probs).reshape(n, t, -1)
 
 
+def cached_logprobs(frame_files, clips: np.ndarray, load_model) -> np.ndarray:
+    """frame_logprobs, kept in $FEREDGE_CACHE/temporal (default ~/.cache/feredge/temporal) under a
+    key of the model file, its spec and the clips' bytes: training the head again, with other
+    settings, then takes minutes instead of a pass of the per-frame model over every frame."""
+    import hashlib
+    import os
+
+    key = hashlib.sha256(_sha256(frame_files.model).encode())
+    key.update(json.dumps(frame_files.spec.to_dict(), sort_keys=True).encode())
+    key.update(str(clips.shape).encode())
+    key.update(memoryview(np.ascontiguousarray(clips)).cast("B"))
+    root = Path(os.environ.get("FEREDGE_CACHE") or Path.home() / ".cache" / "feredge") / "temporal"
+    path = root / f"logprobs-{key.hexdigest()[:32]}.npy"
+    try:
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape[:2] == clips.shape[:2]:
+            log.info("per-frame log-probabilities of %d clips from cache %s", len(clips), path)
+            return cached
+    except (OSError, ValueError):
+        pass
+    x = frame_logprobs(load_model(), clips, frame_files.spec)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, x, allow_pickle=False)
+        tmp.replace(path)
+    except OSError as exc:  # a read-only home: no cache, same result
+        log.info("not caching the log-probabilities (%s)", exc)
+    return x
+
+
 def model_order(clips, labels) -> np.ndarray:
     from feredge.evaluation.scoring import labels_in_model_order
 
@@ -120,6 +154,24 @@ def ema_last(probs: np.ndarray, alpha: float = EMA_ALPHA) -> np.ndarray:
     for t in range(1, probs.shape[1]):
         value = alpha * probs[:, t] + (1 - alpha) * value
     return value
+
+
+def splice(x: np.ndarray, y: np.ndarray, min_tail: int, rng: np.random.Generator) -> np.ndarray:
+    """Each sequence with its first k frames taken from a clip of another class, k drawn from
+    [1, T - min_tail]; the label stays the tail's. Clips made from stills never change expression,
+    so without these a head learns to hold the first expression it saw for T frames; with them it
+    learns to follow a change once `min_tail` frames show it."""
+    n, t = x.shape[:2]
+    out = x.copy()
+    if n == 0 or len(np.unique(y)) < 2:
+        return out
+    ks = rng.integers(1, max(1, t - min_tail) + 1, n)
+    for i in range(n):
+        j = rng.integers(n)
+        while y[j] == y[i]:
+            j = rng.integers(n)
+        out[i, :ks[i]] = x[j, :ks[i]]
+    return out
 
 
 def compare(features: np.ndarray, y: np.ndarray, head_probs: np.ndarray, labels) -> dict:
@@ -139,21 +191,34 @@ def compare(features: np.ndarray, y: np.ndarray, head_probs: np.ndarray, labels)
 
 def format_comparison(result: dict) -> str:
     labels = list(result["rows"][0]["recall"])
-    lines = ["| model | clip accuracy | macro-F1 | " + " | ".join(f"{k} recall" for k in labels) + " |",
-             "|---|---:|---:|" + "---:|" * len(labels)]
-    for r in result["rows"]:
-        lines.append(f"| {r['model']} | {100 * r['accuracy']:.2f} % | {r['macro_f1']:.4f} | "
-                     + " | ".join(f"{100 * r['recall'][k]:.1f} %" for k in labels) + " |")
-    return "\n".join(lines)
+    lines = []
+    for title, part in (("steady clips (one expression throughout)", result),
+                        (f"changing clips (another expression first; the last {result['changing']['min_tail']} "
+                         f"or more frames show the label)" if result.get("changing") else "", result.get("changing"))):
+        if not part:
+            continue
+        lines += [f"{title}:", "", "| model | clip accuracy | macro-F1 | "
+                  + " | ".join(f"{k} recall" for k in labels) + " |", "|---|---:|---:|" + "---:|" * len(labels)]
+        for r in part["rows"]:
+            lines.append(f"| {r['model']} | {100 * r['accuracy']:.2f} % | {r['macro_f1']:.4f} | "
+                         + " | ".join(f"{100 * r['recall'][k]:.1f} %" for k in labels) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def build_and_fit(cfg: TemporalConfig, x: np.ndarray, y: np.ndarray, classes: int):
-    """The head trained with Adam on cross-entropy; early stopping on 10 % of the training clips."""
+    """The head trained with Adam on cross-entropy; early stopping on 10 % of the training clips.
+    Spliced copies of a `switch_rate` share of the clips join the steady ones."""
     from feredge.models.temporal import build_head
     from feredge.models.tf_env import keras
 
     keras.utils.set_random_seed(cfg.seed)
-    order = np.random.default_rng(cfg.seed).permutation(len(y))  # splits come sorted by class
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.switch_rate > 0:
+        chosen = rng.permutation(len(y))[:int(round(cfg.switch_rate * len(y)))]
+        x = np.concatenate([x, splice(x[chosen], y[chosen], cfg.min_tail, rng)])
+        y = np.concatenate([y, y[chosen]])
+    order = rng.permutation(len(y))  # splits come sorted by class
     head = build_head(cfg.frames, x.shape[-1], classes, units=cfg.units, dense=cfg.dense,
                       bidirectional=cfg.bidirectional)
     head.compile(optimizer=keras.optimizers.Adam(cfg.lr), loss="sparse_categorical_crossentropy",
@@ -190,6 +255,9 @@ def train_temporal(cfg: TemporalConfig, *, overwrite: bool = False) -> dict:
 
     if cfg.frames < 2:
         raise ValueError(f"--frames must be at least 2, not {cfg.frames}")
+    if not 0 <= cfg.switch_rate <= 1 or cfg.min_tail < 1:
+        raise ValueError(f"--switch-rate must be within 0-1 and --min-tail at least 1 (got {cfg.switch_rate}, "
+                         f"{cfg.min_tail})")
     started = time.perf_counter()
     out = Path(cfg.out)
     frame_files = frame_model_files(cfg.frame_model)
@@ -226,9 +294,14 @@ def _train_into(cfg: TemporalConfig, out: Path, frame_files, train_clips, val_cl
     y_train, y_val = model_order(train_clips, labels), model_order(val_clips, labels)
     log.info("seed004: %d training clips from %s; %d test clips from %s; %d frames each",
              len(train_clips), train_clips.source, len(val_clips), val_clips.source, cfg.frames)
-    frame_model = load_keras_model(frame_files.model)
-    x_train = frame_logprobs(frame_model, train_clips.clips, frame_files.spec)
-    x_val = frame_logprobs(frame_model, val_clips.clips, frame_files.spec)
+    loaded = []
+
+    def frame_model():  # loaded once, and only when a cache misses
+        loaded[:] = loaded or [load_keras_model(frame_files.model)]
+        return loaded[0]
+
+    x_train = cached_logprobs(frame_files, train_clips.clips, frame_model)
+    x_val = cached_logprobs(frame_files, val_clips.clips, frame_model)
     head, history = build_and_fit(cfg, x_train, y_train, len(labels))
     _save_model_atomic(head, out / "model.keras")
     save_labels(out / "labels.json", labels)
@@ -236,10 +309,11 @@ def _train_into(cfg: TemporalConfig, out: Path, frame_files, train_clips, val_cl
     macs = head_macs(cfg.frames, len(labels), cfg.units, cfg.dense, len(labels), cfg.bidirectional)
     info = {"frames": cfg.frames, "features": "logprobs", "frame_model": str(Path(cfg.frame_model).resolve()) if cfg.frame_model else "shipped",
             "frame_model_sha256": _sha256(frame_files.model), "bidirectional": cfg.bidirectional,
-            "units": cfg.units, "dense": cfg.dense, "parameters": int(head.count_params()), "macs": macs}
+            "units": cfg.units, "dense": cfg.dense, "parameters": int(head.count_params()), "macs": macs,
+            "switch_rate": cfg.switch_rate, "min_tail": cfg.min_tail}
     write_text_atomic(out / TEMPORAL_FILE, json.dumps(info, indent=2) + "\n")
     write_text_atomic(out / "history.json", json.dumps(history, indent=1) + "\n")
-    result = evaluate_clips(head, x_val, y_val, labels, out, val_clips.source)
+    result = evaluate_clips(head, x_val, y_val, labels, out, val_clips.source, cfg.min_tail)
     write_evaluation(result["rows"][-1]["report"], out / "eval", title=f"seed004 head on {val_clips.source}")
     epochs = len(history.get("loss", []))
     best = int(np.argmax(history["val_accuracy"])) + 1 if history.get("val_accuracy") else epochs
@@ -248,13 +322,19 @@ def _train_into(cfg: TemporalConfig, out: Path, frame_files, train_clips, val_cl
     return report
 
 
-def evaluate_clips(head, features: np.ndarray, y: np.ndarray, labels, out: Path | None, source: str) -> dict:
-    """The comparison on these clips; written as comparison.json/.md into out when given."""
+def evaluate_clips(head, features: np.ndarray, y: np.ndarray, labels, out: Path | None, source: str,
+                   min_tail: int = 4) -> dict:
+    """The comparison on these clips, and on the same clips spliced (the expression changes, and
+    the last `min_tail` frames or more show the label: how fast each method follows a change);
+    written as comparison.json/.md into out when given."""
     from feredge.edge.device import describe_host, host_record
 
-    head_probs = head.predict(features, batch_size=512, verbose=0) if len(features) else \
-        np.zeros((0, len(labels)), np.float32)
-    result = compare(features, y, head_probs, labels)
+    def head_probs(x):
+        return head.predict(x, batch_size=512, verbose=0) if len(x) else np.zeros((0, len(labels)), np.float32)
+
+    result = compare(features, y, head_probs(features), labels)
+    changing = splice(features, y, min_tail, np.random.default_rng(1))
+    result["changing"] = {"min_tail": min_tail, **compare(changing, y, head_probs(changing), labels)}
     result["data"] = source
     result["where"] = describe_host(host_record())
     if out is not None:
@@ -274,8 +354,9 @@ def evaluate_temporal_run(run, data, split: str | None, *, out_dir=None, limit: 
     head, info, labels, frame_files = load_temporal_run(run)
     clips = clip_source(data, split, info["frames"], seed=seed, limit=limit)
     y = model_order(clips, labels)
-    features = frame_logprobs(load_keras_model(frame_files.model), clips.clips, frame_files.spec)
-    result = evaluate_clips(head, features, y, labels, Path(out_dir) if out_dir else None, clips.source)
+    features = cached_logprobs(frame_files, clips.clips, lambda: load_keras_model(frame_files.model))
+    result = evaluate_clips(head, features, y, labels, Path(out_dir) if out_dir else None, clips.source,
+                            int(info.get("min_tail", 4)))
     if out_dir:
         write_evaluation(result["rows"][-1]["report"], out_dir, title=f"seed004 head on {clips.source}")
     return result

@@ -61,6 +61,7 @@ def test_a_trained_run_holds_the_head_its_description_and_the_comparison(run_dir
     comparison = json.loads((run_dir / "comparison.json").read_text())
     assert [r["model"].split(" ")[0] for r in comparison["rows"]] == ["per-frame", "per-frame", "temporal"]
     assert comparison["clips"] == 70 and all(0 <= r["accuracy"] <= 1 for r in comparison["rows"])
+    assert len(comparison["changing"]["rows"]) == 3 and comparison["changing"]["min_tail"] == info["min_tail"]
     assert (run_dir / "eval" / "confusion.png").is_file()
     assert json.loads((run_dir / "config.json").read_text())["arch"] == "seed004"
     assert not list(run_dir.parent.glob(".partial-*"))
@@ -141,6 +142,31 @@ def test_a_converter_that_cannot_hold_the_head_is_rejected_with_its_own_error(ru
     assert "nolstm fp32: the nolstm converter failed" in (tmp_path / "b" / "summary.txt").read_text()
 
 
+def test_the_shipped_head_belongs_to_the_shipped_model_and_runs_by_default(tmp_path, capsys):
+    from feredge.edge.bundle import Bundle
+    from feredge.edge.paths import DEFAULT_BUNDLE, DEFAULT_TEMPORAL_BUNDLE, PRETRAINED_DIR
+    from feredge.edge.testvideo import make_test_video
+
+    shipped = Bundle.load(DEFAULT_TEMPORAL_BUNDLE)
+    assert shipped.manifest["temporal"]["frame_model_sha256"] == Bundle.load(DEFAULT_BUNDLE).manifest["model"]["sha256"]
+    assert {a.format for a in shipped.artifacts} == {"tflite", "onnx", "openvino"}
+    assert all(a.verification.passed and a.verification.samples == 3589 for a in shipped.artifacts)
+    for artifact in shipped.artifacts:
+        shipped.check(artifact)  # every file is there, unaltered
+    assert json.loads((PRETRAINED_DIR / "seed004" / "temporal.json").read_text())["frames"] == 16
+    video = tmp_path / "one.mp4"
+    make_test_video(video, faces=1, seconds=2, fps=15)
+    assert feredge(["run", "--headless", "--source", str(video), "--temporal", "--backend", "onnx"]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{\"frame\"")]
+    assert sum(bool(f.get("temporal_label")) for line in lines for f in line["faces"]) >= 10
+    from feredge.edge.run_cli import _open_temporal
+
+    head = _open_temporal("default", "onnx", Bundle.load(DEFAULT_BUNDLE))  # the per-frame artifact's format
+    assert head.id == "onnx-fp32"
+    head.close()
+
+
 def test_a_per_frame_bundle_is_not_taken_for_a_temporal_head(tmp_path, capsys):
     from feredge.edge.bundle import BundleError
     from feredge.edge.paths import DEFAULT_BUNDLE
@@ -187,6 +213,22 @@ def test_bench_temporal_measures_the_head_per_artifact_and_its_cost_end_to_end(b
     assert all(r["frames"] == 12 and r["stage_ms"]["temporal"] > 0 and "temporal_label_accuracy" in r for r in with_head)
     assert all("temporal" not in r["stage_ms"] for r in result["e2e"] if r not in with_head)
     assert (tmp_path / "b" / "temporal.csv").is_file() and "seed004 head" in capsys.readouterr().out
+
+
+def test_splice_puts_another_expression_first_and_keeps_the_clips_own_last_frames():
+    from feredge.models.temporal_train import splice
+
+    x = np.stack([np.full((8, 7), i, np.float32) for i in range(6)])
+    y = np.array([0, 0, 1, 1, 2, 2])
+    out = splice(x, y, 3, np.random.default_rng(0))
+    heads = set()
+    for i in range(6):
+        assert (out[i, -3:] == i).all()  # the tail, which the label names, is the clip's own
+        k = int((out[i, :, 0] != i).sum())
+        assert 1 <= k <= 5 and (out[i, :k, 0] == out[i, 0, 0]).all()
+        assert y[int(out[i, 0, 0])] != y[i]  # and the head is another class
+        heads.add(k)
+    assert len(heads) > 1 and (x[:, :, 0] == np.arange(6)[:, None]).all()  # x itself untouched
 
 
 def test_track_buffers_keep_the_last_t_frames_and_forget_gone_tracks():
