@@ -1,7 +1,7 @@
 """Inference backends: one artifact in, class probabilities out.
 
-`predict(batch)` takes float32 NHWC faces that already went through `edge.preprocess` and
-returns (N, classes) probabilities. Quantized input/output scaling is each backend's own
+`predict(batch)` takes float32 NHWC faces that already went through `edge.preprocess` (or, for
+seed004's temporal head, (N, T, F) feature sequences) and returns (N, classes) probabilities. Quantized input/output scaling is each backend's own
 business. Each runtime is imported only when its backend is opened.
 """
 from __future__ import annotations
