@@ -51,9 +51,9 @@ def clip_source(data, split: str | None, frames: int, *, seed: int = 0, limit: i
     if split not in SPLIT_SEED_OFFSET:
         raise ValueError(f"{data}: no clip seed for split {split!r} (choose from train, test, privatetest)")
     stems = [f"{faces.classes[int(y)]}/{Path(str(s)).stem}" for y, s in zip(faces.labels, faces.sources)]
-    return synthesize_clips(faces.images, faces.labels, faces.classes, seed=seed + SPLIT_SEED_OFFSET[split],
-                            recipe=Recipe(frames=frames), names=stems,
-                            source=f"{data} [{split or 'all'}] as synthetic clips (seed {seed + SPLIT_SEED_OFFSET[split]})")
+    clip_seed = seed + SPLIT_SEED_OFFSET[split]
+    return synthesize_clips(faces.images, faces.labels, faces.classes, seed=clip_seed, recipe=Recipe(frames=frames),
+                            names=stems, source=f"{data} [{split or 'all'}] as synthetic clips (seed {clip_seed})")
 
 
 def _limited(clips: ClipSet, limit: int | None, stratified: bool, seed: int) -> ClipSet:

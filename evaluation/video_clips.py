@@ -16,8 +16,9 @@ columns or as values; keep `video` first: evaluation.clip_sources tells this for
 
 Each segment's frames go through the runtime's face path: grayscale, the detector (default YuNet,
 fitted to the FER framing), the largest face of the frame, the runtime's crop
-(edge.pipeline.face_crop) and its resize to size x size (edge.preprocess.prepare_uint8). A frame where no face is found carries the previous
-crop, as the runtime's tracker would; frames before the segment's first face are skipped. The crops
+(edge.pipeline.face_crop) and its resize to size x size (edge.preprocess.prepare_uint8). A frame
+where no face is found carries the previous crop, as the runtime's tracker would; frames before
+the segment's first face are skipped. The crops
 are cut into clips of `frames` consecutive crops: non-overlapping windows by default, or windows
 every `stride` frames; a remainder shorter than a clip is dropped. A segment with no face at all,
 or with fewer than `frames` frames, is an error naming the CSV line and the video. Clip names are

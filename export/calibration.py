@@ -30,7 +30,8 @@ VERIFY_FRACTION = 0.2  # of a class-folder set held out for verification when it
 
 @dataclasses.dataclass
 class ImageSet:
-    """Preprocessed float32 NHWC images; y: labels in the model's output order, -1 = not a model class."""
+    """Model inputs: preprocessed float32 NHWC images (or a temporal head's feature sequences); y:
+    labels in the model's output order, -1 = not a model class."""
 
     x: np.ndarray
     y: np.ndarray | None

@@ -104,7 +104,7 @@ def _quiet():
     return native_stderr_silenced()
 
 
-class _Exporter:
+class ArtifactExporter:
     """Converts and verifies one Keras model (the source or a pruned variant) into the bundle."""
 
     def __init__(self, writer: BundleWriter, jobs, calib, verify_set, scratch: Path, total: int,
@@ -229,8 +229,8 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
                  ", ".join(f"{fmt} {profile.scheme_for(fmt)}" for fmt, _ in jobs if profile.scheme_for(fmt)) or "-",
                  host["cpu"],
                  f" with {', '.join(f'{k}={v}' for k, v in caps.items())}" if caps else "")
-        exporter = _Exporter(writer, jobs, calib_set, verify_set, Path(scratch), len(jobs) * (1 + len(requests)),
-                             source.spec, profile)
+        exporter = ArtifactExporter(writer, jobs, calib_set, verify_set, Path(scratch),
+                                    len(jobs) * (1 + len(requests)), source.spec, profile)
         artifacts = exporter.run(model, Reference(ref_probs, ref_acc, ref_acc))
         reports = []
         for request in requests:
@@ -286,7 +286,8 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
     return Bundle.load(out)
 
 
-def reject_failures(writer: BundleWriter, artifacts: list[Artifact], allow_drop: bool) -> tuple[list[Artifact], list[dict]]:
+def reject_failures(writer: BundleWriter, artifacts: list[Artifact],
+                    allow_drop: bool) -> tuple[list[Artifact], list[dict]]:
     """(artifacts kept, manifest records of those rejected): a failed artifact's files leave the
     bundle, unless allow_drop keeps it marked as allowed."""
     rejected = []

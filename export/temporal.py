@@ -11,7 +11,6 @@ block that `edge.temporal` reads.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import logging
@@ -19,12 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from feredge.edge.bundle import SCHEMA_VERSION, Bundle, sha256_file
 from feredge.edge.device import host_record
 from feredge.edge.paths import SAMPLE_DIR
 from feredge.export.bundle_writer import BundleWriter
+from feredge.export.calibration import ImageSet, is_split_source
 from feredge.export.summary import format_summary, toolchain_versions
 from feredge.export.targets import get_target
 from feredge.export.verify import Reference, accuracy
@@ -34,38 +32,23 @@ log = logging.getLogger("feredge.export")
 NEAREST = "train with --unidirectional (a forward LSTM with the same interface) and export that"
 
 
-@dataclasses.dataclass
-class Sequences:
-    """Per-frame feature sequences (N, T, classes) and their labels in the head's order."""
-    x: np.ndarray
-    y: np.ndarray | None
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    @property
-    def labelled(self) -> np.ndarray:
-        return np.zeros(len(self.x), bool) if self.y is None else self.y >= 0
-
-
-def _sequences(frame_model, frame_files, labels, data, frames: int, *, split, seed: int, limit: int | None) -> Sequences:
+def _sequences(frame_model, frame_files, labels, data, frames: int, *, split, seed: int, limit: int | None) -> ImageSet:
+    """(N, T, classes) per-frame log-probabilities of clips from `data`, labels in the head's order."""
     from feredge.evaluation.clip_sources import clip_source
     from feredge.models.temporal_train import cached_logprobs, model_order
 
     clips = clip_source(data, split, frames, seed=seed, limit=limit, progress=False)
     if not len(clips):
         raise ValueError(f"{data}: no clips")
-    return Sequences(cached_logprobs(frame_files, clips.clips, lambda: frame_model), model_order(clips, labels),
-                     clips.source)
+    return ImageSet(cached_logprobs(frame_files, clips.clips, lambda: frame_model), model_order(clips, labels),
+                    clips.source)
 
 
 def export_temporal(run, out_dir, *, formats=None, precisions=None, calib=None, calib_count: int = 300,
                     data=None, allow_drop: bool = False, target: str | None = None, skip=None) -> Bundle:
     """Export a seed004 run directory to a verified temporal bundle at out_dir (see the module doc)."""
     from feredge.evaluation.clip_sources import SPLIT_SEED_OFFSET, is_clip_data
-    from feredge.export.calibration import is_split_source
-    from feredge.export.pipeline import _Exporter, plan, reject_failures
+    from feredge.export.pipeline import ArtifactExporter, plan, reject_failures
     from feredge.models.model_io import load_keras_model
     from feredge.models.temporal_train import load_temporal_run
 
@@ -94,7 +77,7 @@ def export_temporal(run, out_dir, *, formats=None, precisions=None, calib=None, 
         log.info("calibration: %d clips from %s; verification: %d clips from %s; Keras head accuracy %.2f %%",
                  len(calib_set), calib_set.source, len(verify_set), verify_set.source, 100 * (ref_acc or 0))
         spec = frame_files.spec.replace(flip_average=False)  # sequences are never mirrored
-        exporter = _Exporter(writer, jobs, calib_set, verify_set, Path(scratch), len(jobs), spec, profile)
+        exporter = ArtifactExporter(writer, jobs, calib_set, verify_set, Path(scratch), len(jobs), spec, profile)
         exporter.unit = "clips"
         artifacts, failed = [], []
         for fmt, prec in jobs:
@@ -121,7 +104,8 @@ def export_temporal(run, out_dir, *, formats=None, precisions=None, calib=None, 
                       "output": "probabilities", "preprocess_from": str(frame_files.model)},
             "labels": list(labels),
             "input": {"frames": frames, "features": len(labels), "layout": "NTF", "dtype": "float32"},
-            "temporal": {"frames": frames, "features": "logprobs", "bidirectional": bool(info.get("bidirectional", True)),
+            "temporal": {"frames": frames, "features": "logprobs",
+                         "bidirectional": bool(info.get("bidirectional", True)),
                          "frame_model": info.get("frame_model", "shipped"),
                          "frame_model_sha256": info.get("frame_model_sha256", "")},
             "preprocess": frame_files.spec.to_dict(),

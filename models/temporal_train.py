@@ -307,7 +307,8 @@ def _train_into(cfg: TemporalConfig, out: Path, frame_files, train_clips, val_cl
     save_labels(out / "labels.json", labels)
     frame_files.spec.save(out / "preprocess.json")
     macs = head_macs(cfg.frames, len(labels), cfg.units, cfg.dense, len(labels), cfg.bidirectional)
-    info = {"frames": cfg.frames, "features": "logprobs", "frame_model": str(Path(cfg.frame_model).resolve()) if cfg.frame_model else "shipped",
+    info = {"frames": cfg.frames, "features": "logprobs",
+            "frame_model": str(Path(cfg.frame_model).resolve()) if cfg.frame_model else "shipped",
             "frame_model_sha256": _sha256(frame_files.model), "bidirectional": cfg.bidirectional,
             "units": cfg.units, "dense": cfg.dense, "parameters": int(head.count_params()), "macs": macs,
             "switch_rate": cfg.switch_rate, "min_tail": cfg.min_tail}
