@@ -21,7 +21,8 @@ ARTIFACTS = {
 
 @pytest.fixture(scope="module", params=[True, False], ids=["bilstm", "lstm"])
 def exported(request, tmp_path_factory):
-    """One head per parametrization, written once in every format whose runtime is installed."""
+    """One head per parametrization, written once in every format whose runtime is installed
+    (TFLite dynamic range for the BiLSTM only: each TFLite conversion of an LSTM takes ~10 s)."""
     from feredge.export import onnx as onnx_export
     from feredge.export import openvino as ov_export
     from feredge.export import tflite as tflite_export
@@ -32,7 +33,8 @@ def exported(request, tmp_path_factory):
     have = installed_formats()
     if "tflite" in have:
         tflite_export.convert(head, tmp_path / "head.tflite", "fp32")
-        tflite_export.convert(head, tmp_path / "head.dynamic.tflite", "dynamic")
+        if request.param:  # dynamic range once: the forward-only head takes the same path
+            tflite_export.convert(head, tmp_path / "head.dynamic.tflite", "dynamic")
     if "onnx" in have:
         onnx_export.convert(head, tmp_path / "head.onnx", "fp32", scratch=tmp_path)
     if "openvino" in have:
@@ -45,6 +47,8 @@ def _open(exported, name):
     if fmt not in installed_formats():
         pytest.skip(f"no {fmt} runtime installed")
     root, x, reference = exported
+    if not (root / file).exists():
+        pytest.skip(f"{name} is exported for the BiLSTM head only")
     return open_artifact(root / file, threads=1, **options), x, reference, tolerance
 
 
