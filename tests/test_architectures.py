@@ -33,7 +33,7 @@ def test_seed000_is_vgg_style_with_batch_norm():
     assert model.output_shape == (None, 7)
 
 
-@pytest.mark.parametrize("name", ["edge", "edge_wide"])
+@pytest.mark.parametrize("name", ["edge", "edge_wide", "edge_nano"])
 def test_edge_networks_fit_the_device_budget(name):
     model = build_model(name)
     assert model.count_params() <= 1_500_000
@@ -47,6 +47,14 @@ def test_edge_keeps_the_shipped_layout():
     assert model.count_params() == 613_639
     assert type(model.get_layer("s2_conv")).__name__ == "Conv2D"
     assert type(build_model("edge_wide").get_layer("s2_conv")).__name__ == "SeparableConv2D"
+
+
+def test_edge_nano_is_a_quarter_of_edge_in_macs():
+    nano, edge = build_model("edge_nano"), build_model("edge")
+    assert nano.count_params() == 153_799 and count_macs(nano) == 15_806_848
+    assert count_macs(nano) < count_macs(edge) / 3.5
+    # the same head names as edge, so the kit's features, distillation and export read it alike
+    assert nano.get_layer("head_fc").output_shape == (None, 128) and nano.get_layer("predictions")
 
 
 def test_every_architecture_builds_at_another_input_size():
