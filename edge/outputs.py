@@ -1,18 +1,15 @@
-"""Where results go: JSON lines, a window, an MJPEG page for browsers, an MP4 recording.
+"""Where results go: JSON lines, a window, an MP4 recording (the live page for browsers is
+edge/live_server.py).
 
 Each sink has `needs_image` (whether the pipeline must draw the overlay for it), `write(result)`
 (returning False asks the run to stop) and `close()`, and is a context manager.
 """
 from __future__ import annotations
 
-import html
-import http.server
 import json
 import logging
 import os
-import socket
 import sys
-import threading
 from pathlib import Path
 
 import cv2
@@ -186,163 +183,3 @@ def _frames_in(path: Path) -> int:
         return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
     finally:
         cap.release()
-
-
-# ---------------------------------------------------------------------------------------------
-
-IDLE_TIMEOUT_S = 20.0
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{background:#111;color:#ddd;font-family:sans-serif;margin:1em}}img{{max-width:100%;height:auto}}</style>
-</head><body><h3>{title}</h3><img src="/stream" alt="live view"><p>{note}</p></body></html>
-"""
-
-
-class MjpegServer(Sink):
-    """An MJPEG page: "/" is a page with the live view, "/stream" the multipart/x-mixed-replace JPEG
-    stream (any number of viewers at once), "/healthz" a JSON status. Binds to loopback by default;
-    give --serve 0.0.0.0:8080 to let other machines on the network watch.
-
-    Frames are JPEG-encoded only while somebody watches.
-    """
-
-    needs_image = True
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, quality: int = 80, title: str = "feredge"):
-        self.quality, self.title = int(quality), title
-        self._cond = threading.Condition()
-        self._jpeg: bytes | None = None
-        self._seq = 0
-        self._closed = False
-        self.clients = 0
-        self.frames = 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = IDLE_TIMEOUT_S  # an idle or stalled connection gives its thread back
-
-            def handle(self):
-                try:
-                    super().handle()
-                except (ConnectionError, TimeoutError):  # the viewer left mid-reply: nothing to report
-                    pass
-
-            def log_message(self, fmt, *args):  # quiet: one line per request would flood a Pi's log
-                log.debug("mjpeg %s " + fmt, self.client_address[0], *args)
-
-            def do_GET(self):
-                route = self.path.split("?", 1)[0]
-                if route in ("/", "/index.html"):
-                    body = PAGE.format(title=html.escape(server.title),
-                                       note="MJPEG from feredge run --serve").encode()
-                    self._reply(200, "text/html; charset=utf-8", body)
-                elif route == "/healthz":
-                    body = json.dumps({"ok": True, "frames": server.frames, "viewers": server.clients}).encode()
-                    self._reply(200, "application/json", body)
-                elif route == "/stream":
-                    server._stream(self)
-                else:
-                    self._reply(404, "text/plain", b"not found\n")
-
-            def _reply(self, code, ctype, body):
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-        class Server(http.server.ThreadingHTTPServer):
-            address_family = socket.AF_INET6 if ":" in str(host) else socket.AF_INET
-            request_queue_size = 64  # the default 5 drops viewers that arrive together
-
-            def handle_error(self, request, client_address):
-                log.debug("mjpeg: connection from %s ended with an error", client_address[0], exc_info=True)
-
-        try:
-            self._httpd = Server((host, int(port)), Handler)
-        except OSError as exc:
-            raise ValueError(f"cannot serve on {host}:{port} ({exc.strerror or exc})") from None
-        self._httpd.daemon_threads = True
-        self.host, self.port = self._httpd.server_address[:2]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="feredge-mjpeg", daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in str(self.host) else self.host
-        return f"http://{host}:{self.port}/"
-
-    def publish(self, image) -> None:
-        """Make `image` (BGR or gray) the current frame for every viewer."""
-        self.frames += 1
-        if self.clients == 0:
-            return
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:
-            return
-        with self._cond:
-            self._jpeg = data.tobytes()
-            self._seq += 1
-            self._cond.notify_all()
-
-    def write(self, result) -> None:
-        self.publish(result.image)
-
-    def _stream(self, handler) -> None:
-        boundary = "feredgeframe"
-        handler.send_response(200)
-        handler.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={boundary}")
-        handler.send_header("Cache-Control", "no-store")
-        handler.send_header("Connection", "close")
-        handler.end_headers()
-        handler.close_connection = True
-        with self._cond:
-            self.clients += 1
-        seen = -1
-        try:
-            while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._closed or (self._jpeg is not None and self._seq != seen),
-                                        timeout=1.0)
-                    if self._closed:
-                        return
-                    if self._jpeg is None or self._seq == seen:
-                        continue
-                    jpeg, seen = self._jpeg, self._seq
-                handler.wfile.write(f"--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
-                                    "\r\n\r\n".encode() + jpeg + b"\r\n")
-                handler.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
-            pass  # the viewer went away
-        finally:
-            with self._cond:
-                self.clients -= 1
-
-    def close(self) -> None:
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._cond.notify_all()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=2.0)
-
-
-def parse_host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """"8080", ":8080", "HOST:8080" or "[::1]:8080" -> (host, port); loopback when no host is given."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]:")
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    elif text.isdigit():
-        host, port = "", text
-    else:
-        raise ValueError(f"--serve takes HOST:PORT or PORT, not {text!r}")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--serve: bad port in {text!r}")
-    return host or default_host, int(port)

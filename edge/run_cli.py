@@ -65,7 +65,13 @@ def add_arguments(p) -> None:
     p.add_argument("--headless", action="store_true", help="no window: JSON lines to stdout (or --output)")
     p.add_argument("--output", default=None, metavar="FILE", help="JSON lines to FILE (- for stdout)")
     p.add_argument("--serve", default=None, metavar="HOST:PORT",
-                   help="MJPEG page for browsers (PORT alone binds loopback; 0.0.0.0:PORT for the network)")
+                   help="a live page for browsers: the annotated stream, a card per face, timings (PORT alone "
+                        "binds loopback; 0.0.0.0:PORT for the network)")
+    p.add_argument("--serve-quality", type=int, default=80, metavar="Q",
+                   help="JPEG quality of the --serve stream, 1-100 (default 80)")
+    p.add_argument("--serve-fps", type=float, default=15.0, metavar="N",
+                   help="encode and send the --serve stream at most N times a second, once for all viewers "
+                        "(default 15; 0: every frame)")
     p.add_argument("--record", default=None, metavar="FILE.mp4", help="record the annotated frames")
     p.add_argument("--loop", action="store_true", help="restart a video, image or folder at its end")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
@@ -203,6 +209,10 @@ def run(args) -> int:
     from feredge.edge.sources import SourceLost
 
     _check_args(args)
+    if args.serve:
+        from feredge.edge.live_server import check_serve_options
+
+        check_serve_options(args.serve_quality, args.serve_fps)
     if not args.headless and not args.serve:
         from feredge.edge.outputs import display_problem
 
@@ -252,7 +262,8 @@ def run(args) -> int:
         detector_text = "none" if is_default_source else DEFAULT_DETECTOR
     detector = parse_detector(detector_text, scale=_parse_scale(args.detect_scale), min_face=args.min_face,
                               precropped_max=128 if args.detector == "auto" and not is_default_source else None)
-    from feredge.edge.outputs import JsonLinesSink, MjpegServer, Recorder, WindowSink, parse_host_port
+    from feredge.edge.live_server import MjpegServer, parse_host_port
+    from feredge.edge.outputs import JsonLinesSink, Recorder, WindowSink
     from feredge.edge.sources import ImageSource, open_source
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
@@ -264,6 +275,8 @@ def run(args) -> int:
     at_start, at_warm = _process_facts(), {}
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        if temporal is not None:
+            stack.callback(temporal.close)
         try:
             source = stack.enter_context(open_source(
                 source_text, loop=args.loop, width=args.width, height=args.height, fps=args.fps,
@@ -283,15 +296,18 @@ def run(args) -> int:
             log.info("source: %s; detector: %s%s; smoothing: %s; margin %.2f", source.name, detector.name,
                      ", eye-aligned crops" if spec.align and detector_text.startswith(("yunet", "blazeface")) else "",
                      smooth, pipeline.margin)
-            sinks = []
+            sinks, read_from = [], source
             json_target = args.output if args.output else ("-" if args.headless else None)
             if json_target:
                 sinks.append(stack.enter_context(JsonLinesSink(json_target)))
             if args.serve:
                 host, port = parse_host_port(args.serve)
-                server = stack.enter_context(MjpegServer(host, port))
+                server = stack.enter_context(MjpegServer(
+                    host, port, quality=args.serve_quality, max_fps=args.serve_fps,
+                    run_info=_serve_info(bundle, choice, backend, source, detector, smooth, temporal)))
                 log.info("serving the live view at %s", server.url)
                 sinks.append(server)
+                read_from = server.tap(source)  # the pipeline draws nothing for the page: the server does
             if args.record:
                 sinks.append(stack.enter_context(Recorder(args.record, fps=source.fps or args.fps or 15.0)))
             if not args.headless and not args.serve:
@@ -306,7 +322,7 @@ def run(args) -> int:
                     timed_out.append(True)
                     return False  # --duration reached: end like a sink that asks to stop
 
-            summary = pipeline.run(source, sinks, max_frames=args.max_frames, on_result=note_first)
+            summary = pipeline.run(read_from, sinks, max_frames=args.max_frames, on_result=note_first)
             if timed_out:
                 summary.ended = f"--duration {args.duration}"
         except SourceLost as exc:
@@ -328,6 +344,14 @@ def run(args) -> int:
         _print_stats(summary, load_s, backend, choice, first_age[0] if summary and first_age else None,
                      at_start, _process_facts(), at_warm)
     return code
+
+
+def _serve_info(bundle, choice, backend, source, detector, smooth: str, temporal) -> dict:
+    """The run's facts that the --serve page shows beside the per-frame record."""
+    return {"backend": backend.runtime, "artifact": choice.artifact.id, "file": bundle.path(choice.artifact).name,
+            "precision": backend.precision, "threads": choice.threads or "default", "source": source.name,
+            "detector": detector.name, "smoothing": smooth, "temporal": temporal.id if temporal else None,
+            "labels": list(bundle.labels)}
 
 
 def _main_thread() -> bool:
