@@ -44,6 +44,7 @@ class FaceResult:
     score: float | None = None  # the detector's own score (Haar: neighbours; YuNet: confidence)
     temporal_probabilities: np.ndarray | None = None  # seed004's head over the track's last T frames
     temporal_label: str | None = None  # None until the track has T frames (or without --temporal)
+    temporal_frames: int | None = None  # frames in the track's buffer (None: no temporal head)
 
     @property
     def confidence(self) -> float:
@@ -56,8 +57,9 @@ class FaceResult:
                "smoothed_label": self.smoothed_label}
         if self.score is not None:
             out["score"] = round(float(self.score), 4)
-        if self.temporal_probabilities is not None or self.temporal_label is not None:
+        if self.temporal_frames is not None:  # null until the track has its T frames
             out["temporal_label"] = self.temporal_label
+            out["temporal_frames"] = self.temporal_frames
         if self.temporal_probabilities is not None:
             out["temporal_probabilities"] = [round(float(p), 4) for p in self.temporal_probabilities]
         return out
@@ -189,6 +191,7 @@ class Pipeline:
         ready = []
         for face in faces:
             self.buffers.push(face.track, face.probabilities)
+            face.temporal_frames = self.buffers.count(face.track)
             if self.buffers.full(face.track):
                 ready.append(face)
         if ready:  # one call for every face that has T frames: the head's batch
@@ -209,7 +212,7 @@ class Pipeline:
         need_image = any(getattr(s, "needs_image", False) for s in sinks)
         summary = self.last_summary = RunSummary()  # read after an interrupt: what ran until then
         started = last = time.perf_counter()
-        fps = None
+        fps = interval = None
         try:
             while max_frames is None or summary.frames < max_frames:
                 t0 = time.perf_counter()
@@ -236,8 +239,9 @@ class Pipeline:
                 if on_result is not None and on_result(result) is False:
                     keep_going = False
                 now = time.perf_counter()
-                instant = 1.0 / max(now - last, 1e-6)
-                fps = instant if fps is None else 0.9 * fps + 0.1 * instant
+                # an average of intervals, not of 1/interval: one fast frame must not read as 1000 FPS
+                interval = now - last if interval is None else 0.9 * interval + 0.1 * (now - last)
+                fps = 1.0 / max(interval, 1e-6)
                 last = now
                 if not keep_going:
                     summary.ended = "stopped by a sink"

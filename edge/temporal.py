@@ -111,8 +111,11 @@ class TrackBuffers:
         self._buffers.setdefault(track, collections.deque(maxlen=self.frames)).append(frame_features(probs))
         self._last_seen[track] = self._clock
 
+    def count(self, track: int) -> int:
+        return len(self._buffers.get(track, ()))
+
     def full(self, track: int) -> bool:
-        return len(self._buffers.get(track, ())) == self.frames
+        return self.count(track) == self.frames
 
     def sequence(self, track: int) -> np.ndarray:
         return np.stack(self._buffers[track])
