@@ -152,6 +152,96 @@ def load_dataset(source, split: str | None = None, *, keep_native_classes: bool 
     return data
 
 
+@dataclasses.dataclass
+class DatasetListing:
+    """Every item `load_dataset` would load, listed but not decoded: a worker of a distributed
+    run lists the whole set (labels are cheap: folder names, a CSV's emotion column), then decodes
+    only its own shard with `decode`. Problems found by listing (non-FER classes, malformed CSV
+    rows...) are in `skipped`; problems inside an image surface when it is decoded."""
+
+    source: Path  # the class-folder root or the CSV
+    classes: tuple[str, ...]
+    labels: np.ndarray  # int64, (N,)
+    sources: list[str]  # file paths, or '<name>.csv:row N'
+    skipped: dict[str, int]
+    skip_bad: bool = False
+    color: bool = False
+    size: tuple[int, int] | None = None
+    usage: str | None = None  # the CSV's Usage filter
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def decode(self, indices=None, *, progress: bool = True) -> tuple[LabelledImages, np.ndarray]:
+        """The listed items at `indices` (default all), decoded in that order, and the positions in
+        `indices` that decoded (all of them unless skip_bad dropped a bad image)."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, np.int64).ravel()
+        skips = _Skips(self.skip_bad)
+        skips.counts.update(self.skipped)
+        if self.source.is_dir():
+            if self.size is None and len(self):
+                self.size = self._first_size()  # once, so that every decoded part (and worker) agrees
+            size = self.size
+            jobs = [(self.sources[i], int(self.labels[i])) for i in idx]
+            images, labels, sources, kept = _decode_files(jobs, self.source.name, skips, self.color, size, progress)
+            shape = (0, *(size or (0, 0))) + ((3,) if self.color else ())
+            data = LabelledImages(np.stack(images) if images else np.zeros(shape, np.uint8),
+                                  np.array(labels, np.int64), self.classes, sources, dict(skips.counts))
+            return data, np.array(kept, np.int64)
+        h, w = self.size or (48, 48)
+        rows = {int(_CSV_ROW.match(self.sources[i])[2]): k for k, i in enumerate(idx)}
+        found: dict[int, np.ndarray] = {}
+        for n, _, text in _csv_rows(self.source, self.usage, _Skips(True), progress):  # rows were checked when listed
+            if n in rows:
+                pixels = _parse_pixels(text, h, w)
+                if isinstance(pixels, tuple):
+                    skips.bad(pixels[0], f"{self.source.name}:row {n}", pixels[1])
+                else:
+                    found[rows[n]] = pixels
+        kept = np.array(sorted(found), np.int64)
+        data = _csv_images([found[k] for k in kept], [int(self.labels[idx[k]]) for k in kept],
+                           [self.sources[idx[k]] for k in kept], h, w, self.color, skips)
+        return data, kept
+
+    def _first_size(self) -> tuple[int, int] | None:
+        """The size every image must have, from the first readable listed image (as load_dataset
+        does), so that all workers' shards agree on it."""
+        flag = cv2.IMREAD_COLOR if self.color else cv2.IMREAD_GRAYSCALE
+        for path in self.sources:
+            img = read_image(path, flag)
+            if img is not None:
+                return img.shape[:2]
+        return None
+
+
+def list_dataset(source, split: str | None = None, *, keep_native_classes: bool = False,
+                 skip_bad: bool = False, color: bool = False,
+                 size: Sequence[int] | None = None) -> DatasetListing:
+    """List what `load_dataset(source, split, ...)` would load, in the same order, without
+    decoding any image (and without the cache: a listing is fast)."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or directory")
+    path = path.resolve()
+    size = tuple(int(v) for v in size) if size is not None else None
+    skips = _Skips(skip_bad)
+    if path.is_dir():
+        folder = _pick_split_folder(path, split)
+        class_dirs, loose = _scan_class_folders(folder)
+        classes, jobs = _folder_jobs(folder, class_dirs, loose, skips, keep_native_classes)
+        listing = DatasetListing(folder, classes, np.array([label for _, label in jobs], np.int64),
+                                 [f for f, _ in jobs], dict(skips.counts), skip_bad, color, size)
+    else:
+        usage = _csv_split(path, split)
+        rows = [(n, label) for n, label, _ in _csv_rows(path, usage, skips, progress=False)]
+        listing = DatasetListing(path, FER2013_LABELS, np.array([label for _, label in rows], np.int64),
+                                 [f"{path.name}:row {n}" for n, _ in rows], dict(skips.counts), skip_bad,
+                                 color, size, usage)
+    if not len(listing):
+        raise DatasetError(f"{listing.source}: no images found")
+    return listing
+
+
 # --- folders -------------------------------------------------------------------------------
 
 def _visible(name: str) -> bool:
@@ -225,6 +315,15 @@ def _fingerprint(folder: Path, class_dirs, loose) -> list:
 
 def _load_folders(folder: Path, class_dirs, loose, skips: _Skips, keep_native: bool, color: bool,
                   size, progress: bool) -> LabelledImages:
+    classes, jobs = _folder_jobs(folder, class_dirs, loose, skips, keep_native)
+    images, labels, sources, _ = _decode_files(jobs, folder.name, skips, color, size, progress)
+    shape = (0, *(size or (0, 0))) + ((3,) if color else ())
+    return LabelledImages(np.stack(images) if images else np.zeros(shape, np.uint8),
+                          np.array(labels, np.int64), classes, sources, dict(skips.counts))
+
+
+def _folder_jobs(folder: Path, class_dirs, loose, skips: _Skips, keep_native: bool):
+    """(classes, [(file, label index)...]) in load order; class-level problems go to `skips`."""
     if not class_dirs:
         raise DatasetError(f"{folder}: no class folders (expected one folder per class, "
                            f"e.g. angry/ happy/ ...)")
@@ -249,10 +348,14 @@ def _load_folders(folder: Path, class_dirs, loose, skips: _Skips, keep_native: b
         if not files:
             skips.bad("empty class folder", folder / name, "empty class folder")
         jobs += [(f, classes.index(label)) for f in files]
+    return classes, jobs
 
+
+def _decode_files(jobs, desc: str, skips: _Skips, color: bool, size, progress: bool):
+    """Decode (file, label) jobs: images, labels, sources and the positions in `jobs` that decoded."""
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
-    images, labels, sources = [], [], []
-    for path, label in _progress(jobs, progress and len(jobs) >= _PROGRESS_MIN, folder.name, len(jobs)):
+    images, labels, sources, kept = [], [], [], []
+    for i, (path, label) in enumerate(_progress(jobs, progress and len(jobs) >= _PROGRESS_MIN, desc, len(jobs))):
         img = read_image(path, flag)
         if img is None:
             skips.bad("unreadable image", path, "not a readable image (corrupt, or not an image file)")
@@ -266,9 +369,8 @@ def _load_folders(folder: Path, class_dirs, loose, skips: _Skips, keep_native: b
         images.append(img)
         labels.append(label)
         sources.append(path)
-    shape = (0, *(size or (0, 0))) + ((3,) if color else ())
-    return LabelledImages(np.stack(images) if images else np.zeros(shape, np.uint8),
-                          np.array(labels, np.int64), classes, sources, dict(skips.counts))
+        kept.append(i)
+    return images, labels, sources, kept
 
 
 # --- FER-2013 CSV ----------------------------------------------------------------------------
@@ -286,8 +388,30 @@ def _csv_split(path: Path, split: str | None) -> str | None:
 def _load_csv(path: Path, usage: str | None, skips: _Skips, color: bool, size,
               progress: bool) -> LabelledImages:
     h, w = size or (48, 48)
-    csv_to_label = [FER2013_LABELS.index(name) for name in FER2013_CSV_ORDER]
     images, labels, sources = [], [], []
+    for n, label, text in _csv_rows(path, usage, skips, progress):
+        pixels = _parse_pixels(text, h, w)
+        if isinstance(pixels, tuple):
+            skips.bad(pixels[0], f"{path.name}:row {n}", pixels[1])
+            continue
+        images.append(pixels)
+        labels.append(label)
+        sources.append(f"{path.name}:row {n}")
+    return _csv_images(images, labels, sources, h, w, color, skips)
+
+
+def _csv_images(images, labels, sources, h: int, w: int, color: bool, skips: _Skips) -> LabelledImages:
+    arr = np.stack(images) if images else np.zeros((0, h, w), np.uint8)
+    if color:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    return LabelledImages(arr, np.array(labels, np.int64), FER2013_LABELS, sources,
+                          dict(skips.counts))
+
+
+def _csv_rows(path: Path, usage: str | None, skips: _Skips, progress: bool):
+    """(1-based data row number, label index, pixel text) of every row of `usage` whose fields are
+    sound; the pixels are not parsed. Row-level problems go to `skips`."""
+    csv_to_label = [FER2013_LABELS.index(name) for name in FER2013_CSV_ORDER]
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh)
         header = [c.strip().lower() for c in next(reader, [])]
@@ -320,18 +444,7 @@ def _load_csv(path: Path, usage: str | None, skips: _Skips, color: bool, size,
                 skips.bad("unknown emotion index", where, f"unknown emotion index "
                           f"{row[i_emotion]!r} (expected 0..{len(csv_to_label) - 1})")
                 continue
-            pixels = _parse_pixels(row[i_pixels], h, w)
-            if isinstance(pixels, tuple):
-                skips.bad(pixels[0], where, pixels[1])
-                continue
-            images.append(pixels)
-            labels.append(csv_to_label[int(emotion)])
-            sources.append(where)
-    arr = np.stack(images) if images else np.zeros((0, h, w), np.uint8)
-    if color:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    return LabelledImages(arr, np.array(labels, np.int64), FER2013_LABELS, sources,
-                          dict(skips.counts))
+            yield n, csv_to_label[int(emotion)], row[i_pixels]
 
 
 def _parse_pixels(text: str, h: int, w: int) -> np.ndarray | tuple[str, str]:

@@ -70,6 +70,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip-average", action="store_true",
                    help="run the trained model on each face and its mirror image and average (recorded in its "
                         "preprocess.json, so eval, export, runtime and bench all do it; 2x inference per face)")
+    g = p.add_argument_group("several devices or machines (tf.distribute; docs/training.md)")
+    g.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+                   help="default: one process, no tf.distribute; mirrored: this machine's GPUs, or --cpu-devices N "
+                        "logical CPU devices (MirroredStrategy); multiworker: the processes TF_CONFIG names, one per "
+                        "machine (MultiWorkerMirroredStrategy), worker 0 writing --out "
+                        f"(default: {d.strategy}; with --resume: as the run was)")
+    g.add_argument("--cpu-devices", type=int, metavar="N",
+                   help="with --strategy mirrored: split the CPU into N logical devices, one replica each "
+                        "(for tests and CPU-only machines; default: the GPUs)")
+    g.add_argument("--lr-scaling", choices=("none", "linear"),
+                   help="--batch-size is always the global batch (batch/replicas per replica); none: --lr as "
+                        "given; linear: --lr and --min-lr times the number of replicas, for when you multiplied "
+                        f"--batch-size by it (default: {d.lr_scaling})")
     t = p.add_argument_group("seed004 (the temporal head; --data may also be clip folders or a video labels CSV)")
     t.add_argument("--frames", type=int, default=16, help="frames per clip, T (default: %(default)s: about 0.5 s at 30 FPS)")
     t.add_argument("--frame-model", default="", metavar="MODEL",
@@ -92,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.arch == "seed004":
         return _run_temporal(args, out)
     if args.resume:
-        report = resume(out, epochs=args.epochs)
+        report = resume(out, epochs=args.epochs, strategy=args.strategy, cpu_devices=args.cpu_devices)
     else:
         from feredge.edge.paths import SAMPLE_DIR
         data, split, val = args.data, (None if args.train_split == "none" else args.train_split), args.val
@@ -102,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
         values.update(data=data, out=out, train_split=split, val=val)
         report = train(TrainConfig(**values), overwrite=args.overwrite)
+    if "worker" in report:  # a worker of a multi-worker run other than the chief, which writes and reports
+        print(f"worker {report['worker']}: done; the run is in {out}, written by worker 0")
+        return 0
     chosen = (f"average of the last {report['averaged_epochs']} epochs" if report.get("averaged_epochs")
               else f"best epoch {report['best_epoch']}")
     print(f"{out}: {chosen} of {report['epochs_trained']}: "

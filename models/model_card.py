@@ -298,7 +298,9 @@ def _train_command(config: dict, base: dict | None = None) -> str:
     out = f"runs/{config.get('arch')}" + ("-finetuned" if base else "")
     parts = ["feredge train", f"--data {config.get('data')}", f"--arch {config.get('arch')}", f"--out {out}"]
     for key, value in config.items():
-        if key in ("data", "arch", "out") or not hasattr(defaults, key) or value == getattr(defaults, key):
+        # "distribution" records how a strategy split the batch: derived, not a flag
+        if key in ("data", "arch", "out", "distribution") or not hasattr(defaults, key) \
+                or value == getattr(defaults, key):
             continue
         flag = "--" + key.replace("_", "-")
         if key == "init_from" and base:

@@ -25,6 +25,31 @@ with native_stderr_silenced():
 
     tf.config.list_physical_devices()  # device discovery, where the cuInit message comes from
 
+CPU_DEVICES_ENV = "FEREDGE_CPU_DEVICES"
+
+
+def split_cpu(devices: int) -> int:
+    """Make the CPU `devices` logical devices (CPU:0..CPU:N-1), so that MirroredStrategy has
+    replicas on a machine without GPUs. Logical devices can only be set before TensorFlow
+    initialises its devices (before the first op runs): asking for another number afterwards raises
+    RuntimeError; asking for the number already there is fine. Returns the number of CPU devices."""
+    if devices < 1:
+        raise ValueError(f"the CPU cannot be split into {devices} devices")
+    [cpu] = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+    except RuntimeError:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have != devices:
+            raise RuntimeError(f"TensorFlow already runs on {have} CPU device(s), so it cannot be split into "
+                               f"{devices} now: split it before anything runs ({CPU_DEVICES_ENV}={devices} in the "
+                               f"environment, or `feredge train --cpu-devices {devices}` in a fresh process)") from None
+    return devices
+
+
+if os.environ.get(CPU_DEVICES_ENV, "").strip():  # e.g. a test process that needs two replicas on one CPU
+    split_cpu(int(os.environ[CPU_DEVICES_ENV]))
+
 
 def generator_dataset(batches, *shapes):
     """float32 batches from a Python generator function as tf.data, two prefetched, autotuning off.
@@ -39,4 +64,4 @@ def generator_dataset(batches, *shapes):
     return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2).with_options(options)
 
 
-__all__ = ["tf", "keras", "native_stderr_silenced", "generator_dataset"]
+__all__ = ["tf", "keras", "native_stderr_silenced", "generator_dataset", "split_cpu", "CPU_DEVICES_ENV"]

@@ -3,6 +3,9 @@
 The epoch loop is ours rather than one long `model.fit`: each epoch's shuffling and augmentation
 are drawn from (seed, epoch), and the learning-rate and early-stopping state are saved with the
 checkpoint, so a run stopped at any epoch and resumed ends where an unbroken run would.
+
+`--strategy mirrored|multiworker` runs the same loop on tf.distribute (models/distribute.py: the
+batch and learning-rate rules, chief-only writing, the sharding of the training files).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from feredge.edge.fileio import write_text_atomic
 from feredge.edge.preprocess import PreprocessSpec, fit_zscore, preprocess
 from feredge.models import git_models
 from feredge.models.augment import PRESETS, augment_batch
-from feredge.evaluation.datasets import LabelledImages, load_dataset, stratified_split
+from feredge.evaluation.datasets import LabelledImages, list_dataset, load_dataset, stratified_split
 from feredge.models.run_dir import LABELS_FILE, MODEL_FILE, SPEC_FILE, save_labels
 
 log = logging.getLogger("feredge.train")
@@ -68,6 +71,10 @@ class TrainConfig:
     init_from: str | None = None  # a trained model (.keras or run folder) whose weights start this run
     swa_epochs: int = 0  # ship the average of the last N epochs' weights (models/swa.py), not the best epoch
     flip_average: bool = False  # the model is to be run flip-averaged (edge.tta); recorded in its spec
+    strategy: str = "default"  # default | mirrored | multiworker (tf.distribute; models/distribute.py)
+    cpu_devices: int = 0  # mirrored: split the CPU into this many logical devices (0: GPUs, or the CPU as it is)
+    lr_scaling: str = "none"  # none | linear: lr and min_lr times the number of replicas
+    distribution: dict | None = None  # written by a distributed run: replicas, workers, batch per replica, rates
 
     def validate(self) -> None:
         if self.lr_schedule not in ("cosine", "plateau", "constant"):
@@ -92,6 +99,13 @@ class TrainConfig:
             raise ValueError("--distill-views needs an augmentation preset: with --augment none every view is the same")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ValueError(f"--swa-epochs must be between 0 and --epochs ({self.epochs})")
+        from feredge.models.distribute import LR_SCALINGS, STRATEGIES
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"--lr-scaling must be one of {', '.join(LR_SCALINGS)}, not {self.lr_scaling!r}")
+        if self.cpu_devices < 0 or (self.cpu_devices and self.strategy != "mirrored"):
+            raise ValueError("--cpu-devices N (N >= 1) splits the CPU for --strategy mirrored only")
 
 
 @dataclasses.dataclass
@@ -172,18 +186,24 @@ def class_weight_vector(labels: np.ndarray, num_classes: int, mode: str) -> np.n
 
 
 def epoch_batches(data: LabelledImages, spec: PreprocessSpec, cfg: TrainConfig, epoch: int,
-                  sample_weights: np.ndarray, targets: np.ndarray, views: list[np.ndarray] | None = None):
+                  sample_weights: np.ndarray, targets: np.ndarray, views: list[np.ndarray] | None = None, *,
+                  batch_size: int | None = None, stream: tuple[int, ...] = (), length: int | None = None):
     """Yield (x, target distribution, weight) batches for one epoch, drawn from (seed, epoch) alone.
 
     With `views` (fixed augmented copies, `augmented_views`) the epoch trains on copy epoch mod K
-    and its own targets (K, N, C) instead of augmenting afresh."""
-    rng = np.random.default_rng([cfg.seed, epoch])
+    and its own targets (K, N, C) instead of augmenting afresh. A worker of a distributed run gives
+    its per-worker `batch_size`, its `stream` (distribute.Distribution.stream) and the common epoch
+    `length`, which it reaches by repeating the start of its order."""
+    rng = np.random.default_rng([cfg.seed, epoch, *stream])
     order = rng.permutation(len(data))
+    if length is not None and length != len(order):
+        order = np.resize(order, length)
+    batch_size = batch_size or cfg.batch_size
     aug = PRESETS[cfg.augment]
     if views:
         images, targets = views[epoch % len(views)], targets[epoch % len(views)]
-    for start in range(0, len(order), cfg.batch_size):
-        idx = order[start:start + cfg.batch_size]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
         x = preprocess(images[idx], spec) if views else preprocess(augment_batch(data.images[idx], aug, rng), spec)
         yield x, targets[idx], sample_weights[data.labels[idx]]
 
@@ -191,38 +211,81 @@ def epoch_batches(data: LabelledImages, spec: PreprocessSpec, cfg: TrainConfig, 
 VIEW_STREAM = 7919  # keeps the views' random stream apart from the epochs' (seed, epoch) streams
 
 
-def augmented_views(data: LabelledImages, cfg: TrainConfig) -> list[np.ndarray] | None:
-    """`cfg.distill_views` augmented copies of every training image, each drawn from (seed, view) alone,
-    so a resumed run rebuilds exactly the copies its stored targets were computed on."""
+def augmented_views(data: LabelledImages, cfg: TrainConfig, stream: tuple[int, ...] = ()) -> list[np.ndarray] | None:
+    """`cfg.distill_views` augmented copies of every training image, each drawn from (seed, view) alone
+    (and a worker's `stream`), so a resumed run rebuilds exactly the copies its stored targets were computed on."""
     if not cfg.distill_views:
         return None
     aug = PRESETS[cfg.augment]
     log.info("drawing %d augmented views of %d training images (%s)", cfg.distill_views, len(data), cfg.augment)
-    return [augment_batch(data.images, aug, np.random.default_rng([cfg.seed, VIEW_STREAM, k]))
+    return [augment_batch(data.images, aug, np.random.default_rng([cfg.seed, VIEW_STREAM, k, *stream]))
             for k in range(cfg.distill_views)]
 
 
+@dataclasses.dataclass
+class Shard:
+    """Which part of the training set this process holds: its images are `positions` of the `total`
+    training images, whose labels (all workers') are `labels`. One worker holds everything."""
+
+    positions: np.ndarray
+    total: int
+    labels: np.ndarray
+    dist: object = None  # distribute.Distribution of a multi-worker run; None for one worker
+
+    @classmethod
+    def whole(cls, data: LabelledImages) -> "Shard":
+        return cls(np.arange(len(data)), len(data), data.labels)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """This shard's rows (N_shard, ...) put into the whole set's (total, ...), summed over workers."""
+        if self.dist is None:
+            return rows
+        from feredge.models.distribute import sum_over_workers
+        whole = np.zeros((self.total, *rows.shape[1:]), rows.dtype)
+        whole[self.positions] = rows
+        return sum_over_workers(self.dist, whole)
+
+
 def training_targets(cfg: TrainConfig, run: Path, train_set: LabelledImages, resume: bool,
-                     views: list[np.ndarray] | None = None) -> np.ndarray:
+                     views: list[np.ndarray] | None = None, *, out: Path | None = None,
+                     shard: Shard | None = None, views_workers: int = 1) -> np.ndarray:
     """One-hot labels, or with teachers the distilled targets (computed once, kept in the run):
-    (N, C), or (K, N, C) with K augmented `views`."""
+    (N, C), or (K, N, C) with K augmented `views`.
+
+    A worker of a multi-worker run (`shard`) labels its own images, the rows are gathered over the
+    workers into the whole set's targets, which the chief keeps (`out` is where this process
+    writes), and each worker returns its own rows. `views_workers`: the number of workers whose
+    streams drew the views the stored targets label (a resume on another number labels again)."""
+    out = out or run
     onehot = np.eye(len(train_set.classes), dtype=np.float32)[train_set.labels]
     if not cfg.teachers:
         return onehot
     from feredge.models.distill import TARGETS_FILE, TEACHERS_FILE, build_targets, describe_teacher
 
+    workers = shard.dist.workers if shard is not None and shard.dist is not None else 1
+    total = shard.total if shard is not None else len(train_set)
+    mine = shard.positions if shard is not None else slice(None)
     stored = run / TARGETS_FILE
     if resume and stored.exists():
         targets = np.load(stored)
-        if targets.shape == ((len(views),) if views else ()) + onehot.shape:
-            return targets
-        log.warning("%s: shape %s does not fit %d images; labelling again", stored, targets.shape, len(train_set))
-    write_text_atomic(run / TEACHERS_FILE, json.dumps([describe_teacher(t) for t in cfg.teachers], indent=2) + "\n")
+        if targets.shape == ((len(views),) if views else ()) + (total, onehot.shape[1]):
+            if not views or views_workers == workers:
+                return targets[:, mine] if views else targets[mine]
+            log.warning("%s: views drawn by %d worker(s), this run has %d; labelling again", stored, views_workers,
+                        workers)
+        else:
+            log.warning("%s: shape %s does not fit %d images; labelling again", stored, targets.shape, total)
+    write_text_atomic(out / TEACHERS_FILE, json.dumps([describe_teacher(t) for t in cfg.teachers], indent=2) + "\n")
     targets = build_targets(cfg.teachers, train_set.images, train_set.labels, train_set.classes,
                             cfg.distill_alpha, cfg.distill_temperature, views)
+    whole = targets
+    if shard is not None and shard.dist is not None:
+        whole = shard.gather(np.moveaxis(targets, 1, 0) if views else targets)
+        whole = np.moveaxis(whole, 0, 1) if views else whole
+    stored = out / TARGETS_FILE
     tmp = stored.with_name(".tmp." + stored.name)
     with open(tmp, "wb") as f:
-        np.save(f, targets)
+        np.save(f, whole)
     tmp.replace(stored)
     return targets
 
@@ -245,6 +308,51 @@ def _load_splits(cfg: TrainConfig) -> tuple[LabelledImages, LabelledImages]:
         _, keep = stratified_split(train.labels, cfg.limit / len(train), cfg.seed)
         train = train.subset(keep)
     return train, val
+
+
+def _load_shard(cfg: TrainConfig, workers: int, rank: int) -> tuple[LabelledImages, LabelledImages, Shard]:
+    """`_load_splits` for worker `rank` of `workers`: the training list is drawn up from the labels
+    alone (validation split, --limit: the same on every worker), sharded item i to worker i mod W
+    (tf.data's Dataset.shard rule) and only this worker's items are decoded. The validation set is
+    loaded whole. With nothing bad in the data and one worker, it gives what `_load_splits` gives."""
+    from feredge.models.distribute import shard_positions
+
+    listing = list_dataset(cfg.data, split=cfg.train_split, skip_bad=cfg.skip_bad)
+    chosen = np.arange(len(listing))
+    if cfg.val.startswith("split:"):
+        fraction = float(cfg.val.split(":", 1)[1])
+        chosen, val_idx = stratified_split(listing.labels, fraction, cfg.seed)
+        val, _ = listing.decode(val_idx)
+    elif cfg.val == "test":
+        val = load_dataset(cfg.data, split="test", skip_bad=cfg.skip_bad)
+    else:
+        val = load_dataset(cfg.val, skip_bad=cfg.skip_bad)
+    if tuple(val.classes) != tuple(listing.classes):
+        raise ValueError(f"validation classes {val.classes} differ from training classes {listing.classes}")
+    if cfg.limit and cfg.limit < len(chosen):
+        _, keep = stratified_split(listing.labels[chosen], cfg.limit / len(chosen), cfg.seed)
+        chosen = chosen[keep]
+    positions = shard_positions(len(chosen), workers, rank)
+    train, kept = listing.decode(chosen[positions])
+    log.info("worker %d of %d: decoded its shard, %d of the %d training images", rank, workers, len(train), len(chosen))
+    return train, val, Shard(positions[kept], len(chosen), listing.labels[chosen])
+
+
+def _fit_zscore(images: np.ndarray, spec: PreprocessSpec, shard: Shard) -> PreprocessSpec:
+    """fit_zscore over the whole training set when each worker holds a shard: the sums are summed over workers."""
+    if shard.dist is None:
+        return fit_zscore(images, spec)
+    from feredge.edge.preprocess import prepare_uint8
+    from feredge.models.distribute import sum_over_workers
+
+    sums = np.zeros(3)
+    for img in images:
+        x = prepare_uint8(np.asarray(img), spec).astype(np.float64) / 255.0
+        sums += (x.sum(), (x * x).sum(), x.size)
+    total, total_sq, count = sum_over_workers(shard.dist, sums)
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 1e-12))
+    return spec.replace(normalize="zscore", mean=round(mean, 6), std=round(std, 6))
 
 
 def _save_checkpoint(run: Path, model, state: TrainState, average=None) -> None:
@@ -304,16 +412,21 @@ def _float32_builder(cfg: "TrainConfig", spec: PreprocessSpec, num_classes: int)
 
 
 def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = None) -> dict:
-    """Start a new run in `cfg.out`; returns the final evaluation on the validation set."""
+    """Start a new run in `cfg.out`; returns the final evaluation on the validation set.
+
+    Under --strategy multiworker only the chief checks, clears and writes `cfg.out`."""
+    from feredge.models.distribute import task_for
+
     run = Path(cfg.out)
-    if run.exists() and any(run.iterdir()):
+    chief = task_for(cfg.strategy).is_chief
+    if chief and run.exists() and any(run.iterdir()):
         if not (run / CONFIG_FILE).is_file():  # never delete what this kit did not write
             raise FileExistsError(f"{run}: exists, is not empty and is not a training run ({CONFIG_FILE}); "
                                   f"choose another --out")
         if not overwrite:
             raise FileExistsError(f"{run}: already holds a run; use --resume to continue it or --overwrite")
         shutil.rmtree(run)
-    created = not run.exists()
+    created = chief and not run.exists()
     try:
         return _run(cfg, None, verbose)
     except BaseException:
@@ -322,8 +435,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, verbose: int | None = No
         raise
 
 
-def resume(run: str | Path, *, epochs: int | None = None, verbose: int | None = None) -> dict:
-    """Continue a stopped run from its last checkpoint; `epochs` may extend the run."""
+def resume(run: str | Path, *, epochs: int | None = None, verbose: int | None = None,
+           strategy: str | None = None, cpu_devices: int | None = None) -> dict:
+    """Continue a stopped run from its last checkpoint; `epochs` may extend the run. `strategy` and
+    `cpu_devices` override how the run was distributed (default: as it was). Every worker of a
+    multi-worker run reads the run directory, so it must be on storage they all see."""
     run = Path(run)
     ckpt = _checkpoint_dir(run) if run.is_dir() else None
     if ckpt is None or not (run / CONFIG_FILE).exists():
@@ -331,29 +447,64 @@ def resume(run: str | Path, *, epochs: int | None = None, verbose: int | None = 
     stored = json.loads((run / CONFIG_FILE).read_text())
     if epochs:
         stored["epochs"] = epochs
+    if strategy:
+        keep = stored.get("cpu_devices", 0) if strategy == stored.get("strategy") == "mirrored" else 0
+        stored["strategy"], stored["cpu_devices"] = strategy, keep
+    if cpu_devices is not None:
+        stored["cpu_devices"] = cpu_devices
     cfg = TrainConfig(**{**stored, "out": str(run)})
-    write_text_atomic(run / CONFIG_FILE, json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     return _run(cfg, ckpt, verbose)
 
 
 def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
+    from feredge.models import distribute
+
+    cfg.validate()
+    dist = distribute.create(cfg.strategy, cfg.cpu_devices)  # before any TensorFlow op runs
+    run = Path(cfg.out)  # the run: read when resuming, written by the chief
+    out = distribute.output_dir(dist, run)  # where this process writes (a non-chief worker: a temporary folder)
+    try:
+        report = _train_and_finish(cfg, ckpt, verbose, dist, run, out)
+        distribute.barrier(dist)  # the others wait for the chief's evaluation, then all leave together
+        return report
+    finally:
+        distribute.release_output_dir(dist, out, run)
+
+
+def _train_and_finish(cfg: TrainConfig, ckpt: Path | None, verbose: int | None, dist, run: Path, out: Path) -> dict:
+    from feredge.models import distribute
     from feredge.models.architectures import build_model, count_macs
     from feredge.models.tf_env import generator_dataset, keras
 
     resume = ckpt is not None
-    run = Path(cfg.out)
-    cfg.validate()
-    run.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.mixed_precision else "float32")
+    views_workers = (cfg.distribution or {}).get("workers", 1)  # who drew the stored views' targets, when resuming
+    plan = distribute.plan_batches(cfg.batch_size, dist.replicas, dist.workers, cfg.lr_scaling)
+    cfg.distribution = None if dist.strategy is None else plan.record(dist, cfg.lr_scaling, cfg.lr, cfg.min_lr)
+    if dist.strategy is not None:
+        log.info("%s", distribute.describe(dist, plan, cfg.lr))
+    # The schedule runs on the scaled rates; config.json keeps the rates as given, with the scaled ones
+    # in `distribution`.
+    hp = cfg if plan.lr_factor == 1 else dataclasses.replace(cfg, lr=cfg.lr * plan.lr_factor,
+                                                             min_lr=cfg.min_lr * plan.lr_factor)
 
-    train_set, val_set = _load_splits(cfg)
+    if dist.workers == 1:
+        train_set, val_set = _load_splits(cfg)
+        shard = Shard.whole(train_set)
+    else:
+        train_set, val_set, shard = _load_shard(cfg, dist.workers, dist.rank)
+        shard.dist = dist
     classes = train_set.classes
-    log.info("train: %d images %s", len(train_set), train_set.class_counts())
+    counts = np.bincount(shard.labels, minlength=len(classes))
+    log.info("train: %d images %s", shard.total, {name: int(n) for name, n in zip(classes, counts)})
     log.info("validation: %d images", len(val_set))
 
     if resume:
         spec = PreprocessSpec.load(run / SPEC_FILE)
+        if out != run:
+            spec.save(out / SPEC_FILE)
     else:
         from feredge.models.architectures import DEFAULT_INPUT, ARCHITECTURES
         if cfg.arch not in ARCHITECTURES:
@@ -365,66 +516,92 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
                               normalize="unit" if cfg.normalize == "zscore" else cfg.normalize,
                               flip_average=cfg.flip_average)
         if cfg.normalize == "zscore":
-            spec = fit_zscore(train_set.images, spec)
-        spec.save(run / SPEC_FILE)
-        save_labels(run / LABELS_FILE, classes)
-        write_text_atomic(run / CONFIG_FILE, json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+            spec = _fit_zscore(train_set.images, spec, shard)
+        spec.save(out / SPEC_FILE)
+        save_labels(out / LABELS_FILE, classes)
+    write_text_atomic(out / CONFIG_FILE, json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    if resume:
-        model = load_checkpoint_model(ckpt / "last.keras")
-        state = TrainState(**json.loads((ckpt / STATE_FILE).read_text()))
-        state.stopped_early = False
-        log.info("resuming %s after epoch %d of %d", run, state.epochs_done, cfg.epochs)
-    else:
-        model = build_model(cfg.arch, input_shape=spec.input_shape, num_classes=len(classes))
-        if cfg.init_from:
-            _load_initial_weights(model, cfg.init_from)
-        model.compile(optimizer=build_optimizer(cfg), loss=loss, metrics=["accuracy"])
-        state = TrainState(lr=cfg.lr)
+    with dist.scope():  # a distributed model's variables are mirrored on every replica
+        if resume:
+            model = load_checkpoint_model(ckpt / "last.keras")
+            state = TrainState(**json.loads((ckpt / STATE_FILE).read_text()))
+            state.stopped_early = False
+            log.info("resuming %s after epoch %d of %d", run, state.epochs_done, cfg.epochs)
+        else:
+            model = build_model(cfg.arch, input_shape=spec.input_shape, num_classes=len(classes))
+            if cfg.init_from:
+                _load_initial_weights(model, cfg.init_from)
+            model.compile(optimizer=build_optimizer(hp), loss=loss, metrics=["accuracy"])
+            state = TrainState(lr=hp.lr)
     log.info("%s: %d parameters, %.1f M MACs per face", cfg.arch, model.count_params(), count_macs(model) / 1e6)
 
     x_val = preprocess(val_set.images, spec)
     y_val = np.eye(len(classes), dtype=np.float32)[val_set.labels]
-    weights = class_weight_vector(train_set.labels, len(classes), cfg.class_weights)
-    views = augmented_views(train_set, cfg)
-    targets = training_targets(cfg, run, train_set, resume, views)
-    steps = math.ceil(len(train_set) / cfg.batch_size)
+    validation = (x_val, y_val) if dist.strategy is None else distribute.validation_dataset(x_val, y_val, 256)
+    weights = class_weight_vector(shard.labels, len(classes), cfg.class_weights)
+    views = augmented_views(train_set, cfg, dist.stream)
+    targets = training_targets(cfg, run, train_set, resume, views, out=out, shard=shard, views_workers=views_workers)
+    if dist.strategy is None:
+        length, batch = None, cfg.batch_size
+    else:  # every worker runs the same number of steps on batches of the same size
+        sizes = distribute.sum_over_workers(dist, np.eye(dist.workers, dtype=np.int64)[dist.rank] * len(train_set))
+        length, batch = distribute.epoch_length(sizes, dist.local_replicas), plan.per_worker
+        if length != len(train_set):
+            log.info("worker %d: %d images per epoch (its %d, the start of its order repeated to match the others)",
+                     dist.rank, length, len(train_set))
+    steps = math.ceil((length or len(train_set)) / batch)
+
+    def batches(epoch):
+        return epoch_batches(train_set, spec, hp, epoch, weights, targets, views, batch_size=batch, stream=dist.stream,
+                             length=length)
+
     if verbose is None:
         verbose = 1 if sys.stderr.isatty() else 2
+    if not dist.is_chief:
+        verbose = 0
 
     average = _weight_average(cfg, ckpt)
     for epoch in range(state.epochs_done, cfg.epochs):
         if state.stopped_early:
             break
-        lr = learning_rate(cfg, epoch, state)
+        lr = learning_rate(hp, epoch, state)
         model.optimizer.learning_rate.assign(lr)
         started = time.perf_counter()
         if verbose:
             print(f"epoch {epoch + 1}/{cfg.epochs}  lr {lr:.2e}", file=sys.stderr, flush=True)
-        batches = generator_dataset(lambda e=epoch: epoch_batches(train_set, spec, cfg, e, weights, targets, views),
-                                    spec.input_shape, (len(classes),), ())
-        result = model.fit(batches, epochs=1, steps_per_epoch=steps, validation_data=(x_val, y_val),
-                           validation_batch_size=256, verbose=verbose)
+        if dist.strategy is None:
+            data = generator_dataset(lambda e=epoch: batches(e), spec.input_shape, (len(classes),), ())
+            result = model.fit(data, epochs=1, steps_per_epoch=steps, validation_data=validation,
+                               validation_batch_size=256, verbose=verbose)
+        else:
+            data = distribute.distributed_batches(dist, lambda e=epoch: batches(e), spec.input_shape,
+                                                  (len(classes),), ())
+            result = model.fit(data, epochs=1, steps_per_epoch=steps, validation_data=validation, verbose=verbose)
         seconds = time.perf_counter() - started
         metrics = {k: float(v[-1]) for k, v in result.history.items()}
         metrics.update(lr=lr, seconds=seconds)
         for key, value in metrics.items():
             state.history.setdefault(key, []).append(value)
         state.epochs_done = epoch + 1
-        _track_progress(cfg, state, metrics, epoch, model, run, spec)
+        _track_progress(hp, state, metrics, epoch, model, out, spec)
         if average is not None and epoch >= cfg.epochs - cfg.swa_epochs:
             average.add(model.get_weights())
-        _save_checkpoint(run, model, state, average)
-        write_text_atomic(run / "history.json", json.dumps(state.history, indent=1) + "\n")
+        _save_checkpoint(out, model, state, average)
+        write_text_atomic(out / "history.json", json.dumps(state.history, indent=1) + "\n")
         log.info("epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f (best %.4f @ %d) %.0f s%s",
                  epoch + 1, cfg.epochs, metrics["loss"], metrics["accuracy"], metrics["val_loss"],
                  metrics["val_accuracy"], state.best_val_accuracy, state.best_epoch, seconds,
                  time_left(state.history["seconds"], cfg.epochs - epoch - 1))
 
     if average is not None and average.count and not state.swa_averaged:
-        _finish_average(cfg, state, model, average, run, spec, train_set, weights, targets, views, x_val, y_val)
+        _finish_average(hp, state, model, average, out, spec, lambda: batches(cfg.epochs), validation)
     keras.mixed_precision.set_global_policy("float32")  # the saved model and anything after run in float32
+    if not dist.is_chief:  # the chief evaluates and writes the results; this worker's folder is temporary
+        log.info("worker %d: done; the run is in %s (written by worker 0)", dist.rank, run)
+        return {"worker": dist.rank, "accuracy": state.swa_val_accuracy or state.best_val_accuracy,
+                "macro_f1": float("nan"), "best_epoch": state.best_epoch, "epochs_trained": state.epochs_done,
+                **({"averaged_epochs": state.swa_averaged} if state.swa_averaged else {})}
     return finish_run(run, val_set, spec, classes, state)
 
 
@@ -467,14 +644,17 @@ def _weight_average(cfg: TrainConfig, ckpt: Path | None):
     return WeightAverage()
 
 
-def _finish_average(cfg, state, model, average, run, spec, train_set, weights, targets, views, x_val, y_val) -> None:
-    """Load the averaged weights, measure their batch-norm statistics and save them as the run's model."""
+def _finish_average(cfg, state, model, average, run, spec, batches, validation) -> None:
+    """Load the averaged weights, measure their batch-norm statistics on `batches()` (one epoch's
+    batches of this worker) and save them as the run's model. `validation`: (x, y) or a dataset."""
     from feredge.models.swa import recalibrate_batchnorm
 
     model.set_weights(average.as_model_weights(model.get_weights()))
-    recalibrate_batchnorm(model, (x for x, _, _ in epoch_batches(train_set, spec, cfg, cfg.epochs, weights, targets,
-                                                                  views)))
-    _, accuracy = model.evaluate(x_val, y_val, batch_size=256, verbose=0)
+    recalibrate_batchnorm(model, (x for x, _, _ in batches()))
+    if isinstance(validation, tuple):
+        _, accuracy = model.evaluate(*validation, batch_size=256, verbose=0)
+    else:
+        _, accuracy = model.evaluate(validation, verbose=0)
     log.info("average of the last %d epochs: validation accuracy %.4f (best single epoch %.4f @ %d)",
              average.count, accuracy, state.best_val_accuracy, state.best_epoch)
     _save_model_atomic(model, run / MODEL_FILE, _float32_builder(cfg, spec, model.output_shape[-1]))
