@@ -153,8 +153,8 @@ def sliced_run(video: Path, counts: list[int], cycles: int, slice_s: float, sett
                 log(f"cycle {cycle + 1}/{cycles}: {n} viewer(s): {record['fps']:.1f} FPS, pipeline thread "
                     f"{record['pipeline_cpu_ms_per_frame']:.2f} ms CPU a frame, other threads "
                     f"{record['other_threads_cpu_per_s']:.3f} s/s")
-    finally:
-        proc.send_signal(signal.SIGINT)
+    finally:  # SIGTERM: a SIGINT would be ignored when this runs in the background (`cmd &`)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -135,12 +135,19 @@ class Chromium:
         shutil.rmtree(self._profile, ignore_errors=True)
 
 
+def _restore_sigint():
+    # CI runs the suite in the background (`.ci/run &`), where SIGINT is ignored, and an ignored
+    # signal is inherited: the run would never see the Ctrl-C this test sends. Give it a terminal's.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(video: Path, jsonl: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """`feredge run --serve` on the video, JSON lines to a file; returns it and the page's URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "feredge.edge.cli", "run", "--bundle", str(DEFAULT_BUNDLE), "--source", str(video),
          "--headless", "--loop", "--output", str(jsonl), "--serve", "127.0.0.1:0"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+        preexec_fn=_restore_sigint)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         for line in log.read_text().splitlines():
