@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = BenchOptions()
     p.add_argument("compare", nargs="*", metavar="compare RECORDS.json",
                    help="'compare a.json b.json ...': merge records from several devices into one table and plot")
-    p.add_argument("--bundle", help="bundle directory (default: the shipped model's bundle)")
+    p.add_argument("--bundle", help="bundle directory, or a shipped model's name: edge, nano (default: edge)")
     p.add_argument("--artifacts", default="", help="comma-separated artifact ids or formats (default: all)")
     p.add_argument("--threads", type=_ints, default=d.threads, help="thread counts, e.g. 1,2,4 (default: 1)")
     p.add_argument("--batch", type=int, default=d.batch, help="faces per inference (default: 1)")
@@ -72,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.temporal:
         from feredge.benchmarks import temporal
-        from feredge.edge.paths import DEFAULT_BUNDLE, DEFAULT_TEMPORAL_BUNDLE
+        from feredge.edge.paths import DEFAULT_TEMPORAL_BUNDLE, resolve_bundle
 
         root = DEFAULT_TEMPORAL_BUNDLE if args.temporal == "default" else Path(args.temporal)
         result = temporal.measure(root, args.threads, warmup_s=args.warmup, min_s=args.min_time,
                                   min_runs=args.min_runs)
         if args.video:  # what the head costs a whole frame: the pipeline without and with it
             result["e2e"] = temporal.e2e_with_and_without(
-                Path(args.bundle) if args.bundle else DEFAULT_BUNDLE, root, args.video, args.threads,
+                resolve_bundle(args.bundle), root, args.video, args.threads,
                 [a for a in args.artifacts.split(",") if a] or ["tflite-fp32"], args.e2e_frames)
         print(temporal.format_table(result))
         print(f"\nresults in {temporal.write(result, args.out)}")
@@ -91,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
     from feredge.benchmarks.harness import BenchOptions, run_bench
     from feredge.benchmarks.recommend import apply_gate, recommend, write_recommendation
     from feredge.benchmarks.report import format_table, write_reports
-    from feredge.edge.paths import DEFAULT_BUNDLE
+    from feredge.edge.paths import resolve_bundle
 
     _check_args(args)
-    bundle = Path(args.bundle) if args.bundle else DEFAULT_BUNDLE
+    bundle = resolve_bundle(args.bundle)
     opts = BenchOptions(threads=args.threads, batch=args.batch, warmup_s=args.warmup, min_s=args.min_time,
                         min_runs=args.min_runs, max_drop=args.max_drop,
                         select=tuple(s for s in args.artifacts.split(",") if s), data=args.data, split=args.split,

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from feredge.edge import formats
 from feredge.edge.device import host_difference, memory_mb
-from feredge.edge.paths import DEFAULT_BUNDLE, SAMPLE_DIR
+from feredge.edge.paths import SAMPLE_DIR, SHIPPED_RUNS, resolve_bundle
 
 log = logging.getLogger("feredge.run")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--bundle", default=None, help=f"bundle directory from feredge export (default: the shipped "
-                                                   f"bundle, {DEFAULT_BUNDLE})")
+    p.add_argument("--bundle", default=None, help=f"bundle directory from feredge export, or a shipped model's name: "
+                                                   f"{', '.join(SHIPPED_RUNS)} (default: edge)")
     p.add_argument("--source", default=None,
                    help="picamera | picamera:N | camera index (0) | /dev/videoN | gst:PIPELINE | video file | image "
                         "| folder of images (default: the shipped sample faces)")
@@ -219,8 +219,8 @@ def run(args) -> int:
         problem = display_problem()
         if problem:
             raise ValueError(problem)
-    bundle_dir = Path(args.bundle) if args.bundle else DEFAULT_BUNDLE
-    if args.bundle is None and not (bundle_dir / "manifest.json").is_file():
+    bundle_dir = resolve_bundle(args.bundle)
+    if (args.bundle is None or args.bundle in SHIPPED_RUNS) and not (bundle_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{bundle_dir}: the shipped bundle is missing; make it with "
                                 f"'feredge export --out {bundle_dir}' or pass --bundle DIR")
     try:

@@ -15,9 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from feredge.models.model_io import add_trust_argument
 
     add_trust_argument(p)
-    p.add_argument("--model", help="run directory, .keras/.h5 file or SavedModel directory (default: the shipped model)")
-    p.add_argument("--out", help="bundle directory to write (default: the shipped model's bundle, which 'feredge run' "
-                                 "and 'feredge bench' use, for the shipped model; bundles/<model folder or file "
+    p.add_argument("--model", help="run directory, .keras/.h5 file or SavedModel directory, or a shipped model's "
+                                    "name: edge, nano (default: edge)")
+    p.add_argument("--out", help="bundle directory to write (default: for a shipped model, its shipped bundle, which "
+                                 "'feredge run' and 'feredge bench' use; bundles/<model folder or file "
                                  "name> otherwise); an earlier bundle there is replaced only when the new one is "
                                  "complete and verified")
     from feredge.edge import preprocess_flags
@@ -58,15 +59,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from feredge.edge import preprocess_flags
-    from feredge.edge.paths import DEFAULT_BUNDLE, PRETRAINED_DIR
+    from feredge.edge.paths import SHIPPED_RUNS, resolve_model, shipped_bundle
     from feredge.export import export_model
     from feredge.export.pipeline import ExportIncomplete
 
-    model = Path(args.model) if args.model else PRETRAINED_DIR
+    model = resolve_model(args.model)
+    shipped = next((name for name, run in SHIPPED_RUNS.items() if model == run), None)
     if args.out:
         out = Path(args.out)
-    elif args.model is None:
-        out = DEFAULT_BUNDLE
+    elif shipped:
+        out = shipped_bundle(shipped)
     else:
         out = Path("bundles") / (model.stem if model.is_file() else model.name)
     started = time.perf_counter()

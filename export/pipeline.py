@@ -226,7 +226,8 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
         if warning:
             log.warning("%s", warning)
         log.info("target %s: int8 schemes %s; verifying on %s%s", profile.name,
-                 ", ".join(f"{fmt} {profile.scheme_for(fmt)}" for fmt, _ in jobs if profile.scheme_for(fmt)) or "-",
+                 ", ".join(dict.fromkeys(f"{fmt} {profile.scheme_for(fmt)}" for fmt, _ in jobs
+                                         if profile.scheme_for(fmt))) or "-",  # once per format
                  host["cpu"],
                  f" with {', '.join(f'{k}={v}' for k, v in caps.items())}" if caps else "")
         exporter = ArtifactExporter(writer, jobs, calib_set, verify_set, Path(scratch),

@@ -9,7 +9,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_trust_argument(p)
     p.add_argument("--model", help="run directory, model file, or an exported artifact inside a bundle "
-                                    "(.tflite, .onnx, openvino/*.xml) run by its edge backend (default: the shipped model)")
+                                    "(.tflite, .onnx, openvino/*.xml) run by its edge backend, or a shipped model's "
+                                    "name: edge, nano (default: edge)")
     p.add_argument("--data", help="labelled faces: class folders, a folder with train/ and test/, or the "
                                    "FER-2013 CSV (default: the shipped sample)")
     p.add_argument("--split", help="split of --data: test (default for a split folder or CSV), train, privatetest")
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from feredge.models.evaluate import evaluate_path
     from feredge.edge.paths import SAMPLE_DIR
 
-    model = args.model or _default_model()
+    model = _shipped_or_given(args.model)
     data = args.data or SAMPLE_DIR
     split = args.split
     if split is None and (Path(data).suffix.lower() == ".csv" or (Path(data) / "test").is_dir()):
@@ -77,25 +78,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_model():
-    """The shipped Keras model, or on a device without TensorFlow the shipped bundle's TFLite fp32
-    artifact, scored through the edge runtime the device has (the README's main job works on both)."""
+def _shipped_or_given(value):
+    """A path as given; a shipped model (by name, default edge) as its Keras run, or on a device
+    without TensorFlow as its bundle's fp32 artifact, scored through the edge runtime the device has
+    (the README's main job works on both)."""
     import importlib.util
     import logging
 
-    from feredge.edge.paths import DEFAULT_BUNDLE, PRETRAINED_DIR
+    from feredge.edge.paths import SHIPPED_RUNS, resolve_model, shipped_bundle
 
+    model = resolve_model(value)
+    name = next((n for n, run in SHIPPED_RUNS.items() if model == run), None)
+    if name is None:
+        return model
     try:
         has_tensorflow = importlib.util.find_spec("tensorflow") is not None
     except (ImportError, ValueError):  # a broken or blocked install counts as none
         has_tensorflow = False
     if has_tensorflow:
-        return PRETRAINED_DIR
+        return model
     from feredge.edge import formats
     from feredge.edge.backends import installed_formats
     from feredge.edge.bundle import Bundle
 
-    bundle = Bundle.load(DEFAULT_BUNDLE)
+    bundle = Bundle.load(shipped_bundle(name))
     for fmt in formats.names():
         if fmt in installed_formats():
             artifact = next((a for a in bundle.artifacts if a.format == fmt and a.precision == "fp32"), None) \

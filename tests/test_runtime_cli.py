@@ -134,13 +134,19 @@ def test_no_arguments_but_headless_runs_the_shipped_bundle_on_the_sample():
 
 
 def test_missing_shipped_bundle_points_to_export(monkeypatch, tmp_path, capsys):
-    import feredge.edge.run_cli as edge_run_cli
+    from feredge.edge import paths
     from feredge.edge.cli import main
 
-    monkeypatch.setattr(edge_run_cli, "DEFAULT_BUNDLE", tmp_path / "bundle")
+    for name in ("edge", "nano"):
+        monkeypatch.setitem(paths.SHIPPED_RUNS, name, tmp_path / name)
+        args = ["run", "--headless", "--max-frames", "1"] + (["--bundle", name] if name != "edge" else [])
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"feredge export --model {name}" in err[0] and str(tmp_path / name / "bundle") in err[0]
+    (tmp_path / "edge" / "bundle").mkdir(parents=True)  # there, but not a bundle
     assert main(["run", "--headless", "--max-frames", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "feredge export" in err[0] and str(tmp_path / "bundle") in err[0]
+    assert len(err) == 1 and "feredge export" in err[0] and str(tmp_path / "edge" / "bundle") in err[0]
 
 
 def test_camera_lost_after_retries_is_exit_2(bundle, monkeypatch, capsys):

@@ -1,0 +1,62 @@
+"""The shipped model family by name, and the benchmark that puts models on one accuracy-latency plot."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from feredge.benchmarks import family
+from feredge.edge import paths
+from runtime_support import build_test_bundle, feredge
+
+
+def test_shipped_names_resolve_and_paths_pass_through(tmp_path, monkeypatch):
+    assert paths.resolve_bundle(None) == paths.DEFAULT_BUNDLE
+    assert paths.resolve_bundle("edge") == paths.DEFAULT_BUNDLE
+    assert paths.resolve_model("edge") == paths.PRETRAINED_DIR
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nano").mkdir()  # a folder with a shipped name is reached as ./nano
+    assert paths.resolve_bundle("./nano").resolve() == (tmp_path / "nano").resolve()
+    with pytest.raises(FileNotFoundError, match=r"nope: no such bundle, and not a shipped model's name \(edge, nano\)"):
+        paths.resolve_bundle("nope")
+    monkeypatch.setitem(paths.SHIPPED_RUNS, "nano", tmp_path / "not-installed")
+    with pytest.raises(FileNotFoundError, match="the shipped 'nano' model is missing from this install"):
+        paths.resolve_model("nano")
+
+
+def test_cli_names_an_unknown_model(tmp_path):
+    done = feredge("run", "--bundle", "tiny", "--headless", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "tiny: no such bundle, and not a shipped model's name (edge, nano)" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def bundle(request):
+    return build_test_bundle(request.config.cache.mkdir("feredge-runtime"))
+
+
+def test_family_times_and_scores_bundles_and_extra_files(bundle, tmp_path):
+    extra = bundle / "model.fp32.tflite"
+    out = tmp_path / "family"
+    assert family.main(["--bundle", f"test={bundle}", "--extra", f"copy={extra}@test", "--formats", "tflite",
+                        "--rounds", "2", "--calls", "3", "--reference", "copy", "--out", str(out)]) == 0
+    rows = json.loads((out / "family.json").read_text())["rows"]
+    tflite = [r for r in rows if r["model"] == "test"]
+    assert {r["artifact"] for r in tflite} == {"tflite-fp32", "tflite-int8"}
+    copy = next(r for r in rows if r["model"] == "copy")
+    fp32 = next(r for r in tflite if r["artifact"] == "tflite-fp32")
+    # the same file read through the bundle's preprocessing and labels scores the same
+    assert copy["accuracy"] == fp32["accuracy"] and 0 < fp32["accuracy"] <= 1
+    assert copy["parameters"] == fp32["parameters"] > 0
+    assert all(len(r["rounds_ms"]) == 2 and r["latency_ms"] > 0 for r in rows)
+    with open(out / "family.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == len(rows)
+    assert "vs copy" in (out / "family.md").read_text()
+    assert (out / "family.png").stat().st_size > 10_000
+
+
+def test_family_rejects_an_extra_without_its_bundle(bundle, tmp_path):
+    with pytest.raises(ValueError, match="expected NAME=FILE@BUNDLE with BUNDLE one of test"):
+        family.main(["--bundle", f"test={bundle}", "--extra", f"x={bundle / 'model.fp32.tflite'}@other",
+                     "--out", str(tmp_path)])
