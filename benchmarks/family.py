@@ -34,6 +34,7 @@ class Entry:
     artifact: str  # artifact id, or a label for an extra file
     path: Path
     bundle: str | None  # bundle directory whose preprocessing and labels apply
+    kind: str = "bundle"  # bundle | extra (a file made elsewhere) | arch (untrained, for its latency)
     parameters: int | None = None
     macs: int | None = None
     accuracy: float | None = None
@@ -60,7 +61,7 @@ def bundle_entries(values, formats_wanted) -> tuple[list[Entry], dict[str, objec
         for artifact in bundle.artifacts:
             if formats_wanted and artifact.format not in formats_wanted:
                 continue
-            entries.append(Entry(name, artifact.id, bundle.path(artifact), name,
+            entries.append(Entry(name, artifact.id, bundle.path(artifact), name, "bundle",
                                  facts.get("parameters"), facts.get("macs")))
     return entries, bundles
 
@@ -76,7 +77,7 @@ def extra_entries(values, bundles) -> list[Entry]:
         if not Path(file).is_file():
             raise FileNotFoundError(f"{file}: no such file (--extra {name})")
         facts = bundles[bundle_name].manifest.get("model", {})
-        entries.append(Entry(name, Path(file).name, Path(file), bundle_name, facts.get("parameters"),
+        entries.append(Entry(name, Path(file).name, Path(file), bundle_name, "extra", facts.get("parameters"),
                              facts.get("macs")))
     return entries
 
@@ -94,7 +95,8 @@ def arch_entries(names, workdir: Path, comparison: Path) -> list[Entry]:
         path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
         scored = [r for r in rows if r.get("arch") == name and r.get("accuracy") is not None]
         best = max(scored, key=lambda r: r["accuracy"], default=None)
-        entry = Entry(name, "tflite-fp32 (untrained)", path, None, int(model.count_params()), int(count_macs(model)))
+        entry = Entry(name, "tflite-fp32 (untrained)", path, None, "arch", int(model.count_params()),
+                      int(count_macs(model)))
         if best:
             entry.accuracy = float(best["accuracy"])
             entry.accuracy_from = f"{comparison.name}: {best.get('label', name)} on {best.get('data', '?')}"
@@ -181,10 +183,11 @@ def plot(entries: list[Entry], path: Path, title: str) -> None:
                                 "tab:pink", "tab:gray", "tab:olive", "tab:cyan"] * 3))
     markers = {"tflite": "o", "onnx": "s", "openvino": "D"}
     for i, e in enumerate(x for x in entries if x.accuracy is not None):
-        fmt = e.artifact.split("-")[0]
+        fmt = "extra" if e.kind == "extra" else e.artifact.split("-")[0]  # a star: a file made elsewhere
         ax.scatter(e.latency_ms, 100 * e.accuracy, color=colours[e.model], marker=markers.get(fmt, "*"),
                    s=55 if fmt in markers else 140, alpha=0.85, edgecolors="black" if fmt not in markers else None)
-        ax.annotate(f"{e.model} {e.artifact}", (e.latency_ms, 100 * e.accuracy), fontsize=6.5,
+        text = e.model if e.kind == "extra" else f"{e.model} {e.artifact.replace(' (untrained)', '')}"
+        ax.annotate(text, (e.latency_ms, 100 * e.accuracy), fontsize=6.5,
                     textcoords="offset points", xytext=(5, 5 if i % 2 else -9))
     for m in models:
         ax.scatter([], [], color=colours[m], label=m)
