@@ -172,9 +172,8 @@ def format_table(entries: list[Entry], reference: str | None) -> str:
 
 
 def plot(entries: list[Entry], path: Path, title: str) -> None:
-    from matplotlib.ticker import ScalarFormatter
-
-    from feredge.evaluation.plots import _new_figure, _save_png
+    from feredge.benchmarks.report import finish_latency_accuracy
+    from feredge.evaluation.plots import _new_figure
 
     fig = _new_figure((9, 5.5))
     ax = fig.add_subplot()
@@ -193,16 +192,8 @@ def plot(entries: list[Entry], path: Path, title: str) -> None:
         ax.scatter([], [], color=colours[m], label=m)
     for fmt, marker in markers.items():
         ax.scatter([], [], color="white", edgecolors="black", marker=marker, label=fmt)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
-    ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("latency per face, ms (batch 1, 1 thread, median of interleaved rounds; log scale)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _save_png(fig, path)
+    finish_latency_accuracy(fig, ax, path, "latency per face, ms (batch 1, 1 thread, median of interleaved rounds; "
+                            "log scale)", title, title_size=10)
 
 
 def write(result: dict, entries: list[Entry], out: Path, reference: str | None) -> None:

@@ -99,8 +99,6 @@ def device_lines(device: dict) -> list[str]:
 
 
 def plot_latency_accuracy(records, path: str | Path, title: str = "latency against accuracy") -> None:
-    from matplotlib.ticker import ScalarFormatter
-
     from feredge.evaluation.plots import _new_figure
 
     points = [r for r in as_records(records) if r.ok and r.accuracy is not None]
@@ -118,13 +116,21 @@ def plot_latency_accuracy(records, path: str | Path, title: str = "latency again
         text = f"t{r.threads}" + (f" {r.device_label}" if r.device_label else "")
         ax.annotate(text, (r.p50_ms, 100 * r.accuracy), fontsize=7, textcoords="offset points",
                     xytext=(5, 6 if i % 2 else -10))
+    finish_latency_accuracy(fig, ax, path, "p50 latency per inference, ms (log scale; t = threads)", title)
+
+
+def finish_latency_accuracy(fig, ax, path, xlabel: str, title: str, title_size: float | None = None) -> None:
+    """Log latency axis with plain numbers, accuracy in %, legend outside; saved as PNG."""
+    from matplotlib.ticker import ScalarFormatter
+
+
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("p50 latency per inference, ms (log scale; t = threads)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=title_size)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save_png(fig, path)
