@@ -123,7 +123,6 @@ def finish_latency_accuracy(fig, ax, path, xlabel: str, title: str, title_size: 
     """Log latency axis with plain numbers, accuracy in %, legend outside; saved as PNG."""
     from matplotlib.ticker import ScalarFormatter
 
-
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(ScalarFormatter())
