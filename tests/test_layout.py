@@ -94,6 +94,8 @@ def test_the_wheel_installs_one_top_level_name(wheel):
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"feredge"}
     assert "feredge/models/pretrained/bundle/manifest.json" in names  # the shipped model comes along
+    missing = [f for f in _shipped_model_files() if f"feredge/{f}" not in names]
+    assert not missing, f"pyproject.toml's package-data leaves out {missing}"  # every model of the family
     assert "feredge/edge/detectors/face_detection_yunet_2023mar.onnx" in names  # and the face detectors
     assert "feredge/edge/formats.py" in names and "feredge/evaluation/predict.py" in names
 
@@ -119,3 +121,11 @@ def test_installed_beside_a_project_with_its_own_models_package(wheel, tmp_path)
     user_models, user_export, kit_file, artifacts = [s.strip() for s in result.stdout.split("|")]
     assert (user_models, user_export) == ("user models", "user export")
     assert kit_file.startswith(str(site)) and int(artifacts) >= 1
+
+
+def _shipped_model_files() -> list[str]:
+    """What the repository ships under models/pretrained: git's list, or the tree without git."""
+    done = subprocess.run(["git", "-C", str(REPO), "ls-files", "models/pretrained"], capture_output=True, text=True)
+    if done.returncode == 0 and done.stdout.strip():
+        return done.stdout.split()
+    return [str(p.relative_to(REPO)) for p in (REPO / "models" / "pretrained").rglob("*") if p.is_file()]
