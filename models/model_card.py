@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from feredge.edge.fileio import write_text_atomic
-from feredge.edge.paths import PRETRAINED_DIR
+from feredge.edge.paths import PRETRAINED_DIR, SHIPPED_RUNS
 from feredge.models import git_models
 
 COMPARED_SEEDS = ("seed001", "seed003", "seed000")  # the seed networks the card compares the model with
@@ -86,7 +86,7 @@ ETHICS = """\
 
 def card_text(run: Path, report: dict, config: dict, history: dict, params: int, macs: int,
               comparison: list[dict] | None, data: str, teachers: list[dict] | None = None,
-              kept: list[str] = (), soup: dict | None = None) -> str:
+              kept: list[str] = (), soup: dict | None = None, shipped_as: str = "edge") -> str:
     from feredge.edge.device import describe_host, host_record
     from feredge.models.architectures import ARCHITECTURES
     from feredge.models.run_dir import base_run
@@ -103,7 +103,9 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         for label, v in report["per_class"].items())
     lines = [
         f"# Model card: `{config.get('arch', 'model')}`", "",
-        f"The default model of feredge: a facial-expression classifier for face crops "
+        (f"The default model of feredge" if shipped_as == "edge" else
+         f"The `{shipped_as}` model of feredge's family (`--model {shipped_as}`, `--bundle {shipped_as}`)")
+        + ": a facial-expression classifier for face crops "
         f"({', '.join(report['per_class'])}). {params:,} parameters, {macs / 1e6:.1f} M multiply-accumulates "
         f"per 48x48 face, **{100 * report['accuracy']:.2f} % accuracy and {report['macro_f1']:.4f} macro-F1** "
         f"on the {report['num_samples']:,} FER-2013 PublicTest faces.", "",
@@ -141,7 +143,8 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         "## Metrics", "",
         f"Keras (float32) on the {report['num_samples']:,} faces of the test split of `{data}`, measured on "
         f"{describe_host(host_record())}: accuracy {100 * report['accuracy']:.2f} %, macro-F1 "
-        f"{report['macro_f1']:.4f}, weighted F1 {report['weighted_f1']:.4f}. Reproduce: `feredge eval --data {data}`.", "",
+        f"{report['macro_f1']:.4f}, weighted F1 {report['weighted_f1']:.4f}. Reproduce: `feredge eval "
+        f"{'' if shipped_as == 'edge' else f'--model {shipped_as} '}--data {data}`.", "",
         "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|", per_class, "",
         "![confusion matrix](confusion.png)", "",
     ]
@@ -423,8 +426,9 @@ def ship(run: str | Path, data: str, comparison_file: str | None = None, out: Pa
     write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     if comparison:
         write_text_atomic(out / "comparison.json", json.dumps(comparison, indent=2) + "\n")
+    shipped_as = next((name for name, folder in SHIPPED_RUNS.items() if folder.resolve() == out.resolve()), "edge")
     text = card_text(run, report, config, history, model.count_params(), count_macs(model), comparison, data,
-                     teachers, kept, soup)
+                     teachers, kept, soup, shipped_as)
     write_text_atomic(out / "MODEL_CARD.md", text)
     return report
 

@@ -239,6 +239,10 @@ def test_model_card_of_a_fine_tuned_run_gives_both_stages(tmp_path):
     assert "first stage took 3.0 h, both 4.0 h" in card
     assert "Recipe: SGD with Nesterov momentum 0.9 (peak learning rate 0.0003" in card
     assert "decoupled weight decay 0.0005 on kernels only" in card
+    assert card.splitlines()[2].startswith("The default model of feredge:") and "`feredge eval --data fer`" in card
+    nano = card_text(tmp_path, report, config, {"seconds": [1800.0] * 2}, 10, 10, None, "fer", shipped_as="nano")
+    assert nano.splitlines()[2].startswith("The `nano` model of feredge's family (`--model nano`, `--bundle nano`):")
+    assert "`feredge eval --model nano --data fer`" in nano
 
 
 def test_model_card_names_teachers_by_hash_and_counts_their_hours(tmp_path):
