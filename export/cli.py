@@ -53,24 +53,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     preprocess_flags.add_arguments(p)
 
 
+def default_out(model):
+    """A shipped model's own bundle (which run and bench use by name); bundles/NAME for any other."""
+    from pathlib import Path
+
+    from feredge.edge.paths import SHIPPED_RUNS, shipped_bundle
+
+    shipped = next((name for name, run in SHIPPED_RUNS.items() if Path(model) == run), None)
+    if shipped:
+        return shipped_bundle(shipped)
+    return Path("bundles") / (model.stem if model.is_file() else model.name)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     import time
     from pathlib import Path
 
     from feredge.edge import preprocess_flags
-    from feredge.edge.paths import SHIPPED_RUNS, resolve_model, shipped_bundle
+    from feredge.edge.paths import resolve_model
     from feredge.export import export_model
     from feredge.export.pipeline import ExportIncomplete
 
     model = resolve_model(args.model)
-    shipped = next((name for name, run in SHIPPED_RUNS.items() if model == run), None)
-    if args.out:
-        out = Path(args.out)
-    elif shipped:
-        out = shipped_bundle(shipped)
-    else:
-        out = Path("bundles") / (model.stem if model.is_file() else model.name)
+    out = Path(args.out) if args.out else default_out(model)
     started = time.perf_counter()
     from feredge.models.temporal_train import is_temporal_run
 

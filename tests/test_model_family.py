@@ -60,3 +60,28 @@ def test_family_rejects_an_extra_without_its_bundle(bundle, tmp_path):
     with pytest.raises(ValueError, match="expected NAME=FILE@BUNDLE with BUNDLE one of test"):
         family.main(["--bundle", f"test={bundle}", "--extra", f"x={bundle / 'model.fp32.tflite'}@other",
                      "--out", str(tmp_path)])
+
+
+def test_a_shipped_name_reaches_run_eval_and_export(bundle, tmp_path, monkeypatch):
+    import importlib.util
+    import shutil
+
+    from feredge.edge.cli import main
+    from feredge.export.cli import default_out
+    from feredge.models.cli_eval import _shipped_or_given
+
+    home = tmp_path / "nano"
+    shutil.copytree(bundle, home / "bundle")
+    monkeypatch.setitem(paths.SHIPPED_RUNS, "nano", home)
+    out = tmp_path / "faces.jsonl"
+    assert main(["run", "--bundle", "nano", "--headless", "--max-frames", "3", "--output", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 3
+    # export writes a shipped model's own bundle; any other model goes to bundles/NAME
+    assert default_out(home) == home / "bundle" and default_out(paths.PRETRAINED_DIR) == paths.DEFAULT_BUNDLE
+    assert default_out(tmp_path / "runs" / "mine").as_posix() == "bundles/mine"
+    # a device without TensorFlow evaluates the named model's bundle through its edge runtime
+    assert _shipped_or_given("nano") == home
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    artifact = _shipped_or_given("nano")
+    assert artifact.parent == home / "bundle" and artifact.name.endswith(".tflite")
