@@ -22,8 +22,8 @@ def shipped_bundle(name: str) -> Path:
 
 
 def _resolve(value: str | Path | None, what: str, shipped) -> Path:
-    """A shipped name (exactly `edge` or `nano`: a folder of that name is `./nano`), else a path that
-    must exist; anything else is an error that lists the names, not a guess."""
+    """A shipped name (exactly `edge` or `nano`: a folder of that name is `./nano`), else a path. A
+    bare word that is neither is an error that lists the names, not a guess."""
     name = DEFAULT_NAME if value is None else str(value)
     if isinstance(value, str | None) and name in SHIPPED_RUNS:
         target = shipped(name)
@@ -32,10 +32,10 @@ def _resolve(value: str | Path | None, what: str, shipped) -> Path:
             raise FileNotFoundError(f"{target}: the shipped {name!r} {what} is missing from this install{hint}")
         return target
     path = Path(value)
-    if not path.exists():
+    if not path.exists() and len(path.parts) == 1 and not path.suffix:  # meant as a name: list the names
         raise FileNotFoundError(f"{value}: no such {what}, and not a shipped model's name "
                                 f"({', '.join(SHIPPED_RUNS)})")
-    return path
+    return path  # a path that does not exist gets the reader's own error (no such bundle, artifact...)
 
 
 def resolve_bundle(value: str | Path | None) -> Path:
