@@ -32,7 +32,8 @@ def _resolve(value: str | Path | None, what: str, shipped) -> Path:
             raise FileNotFoundError(f"{target}: the shipped {name!r} {what} is missing from this install{hint}")
         return target
     path = Path(value)
-    if not path.exists() and len(path.parts) == 1 and not path.suffix:  # meant as a name: list the names
+    bare = len(path.parts) == 1 and not path.suffix and ":" not in name  # git:REV names a commit's model
+    if bare and not path.exists():  # meant as a name: list the names
         raise FileNotFoundError(f"{value}: no such {what}, and not a shipped model's name "
                                 f"({', '.join(SHIPPED_RUNS)})")
     return path  # a path that does not exist gets the reader's own error (no such bundle, artifact...)

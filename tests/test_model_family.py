@@ -20,6 +20,9 @@ def test_shipped_names_resolve_and_paths_pass_through(tmp_path, monkeypatch):
     assert paths.resolve_bundle("./nano").resolve() == (tmp_path / "nano").resolve()
     with pytest.raises(FileNotFoundError, match=r"nope: no such bundle, and not a shipped model's name \(edge, nano\)"):
         paths.resolve_bundle("nope")
+    # anything else that is not there is left to its reader, which knows what is wrong with it
+    for value in ("git:HEAD", "missing/bundle", "model.tflite"):
+        assert paths.resolve_model(value) == type(paths.PRETRAINED_DIR)(value)
     monkeypatch.setitem(paths.SHIPPED_RUNS, "nano", tmp_path / "not-installed")
     with pytest.raises(FileNotFoundError, match="the shipped 'nano' model is missing from this install"):
         paths.resolve_model("nano")
