@@ -103,7 +103,7 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
         for label, v in report["per_class"].items())
     lines = [
         f"# Model card: `{config.get('arch', 'model')}`", "",
-        (f"The default model of feredge" if shipped_as == "edge" else
+        ("The default model of feredge" if shipped_as == "edge" else
          f"The `{shipped_as}` model of feredge's family (`--model {shipped_as}`, `--bundle {shipped_as}`)")
         + ": a facial-expression classifier for face crops "
         f"({', '.join(report['per_class'])}). {params:,} parameters, {macs / 1e6:.1f} M multiply-accumulates "
