@@ -181,13 +181,17 @@ def plot(entries: list[Entry], path: Path, title: str) -> None:
     colours = dict(zip(models, ["tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown",
                                 "tab:pink", "tab:gray", "tab:olive", "tab:cyan"] * 3))
     markers = {"tflite": "o", "onnx": "s", "openvino": "D"}
-    for i, e in enumerate(x for x in entries if x.accuracy is not None):
+    shown = [e for e in entries if e.accuracy is not None]
+    fastest = {m: min((e for e in shown if e.model == m), key=lambda e: e.latency_ms) for m in {e.model for e in shown}}
+    for e in shown:
         fmt = "extra" if e.kind == "extra" else e.artifact.split("-")[0]  # a star: a file made elsewhere
         ax.scatter(e.latency_ms, 100 * e.accuracy, color=colours[e.model], marker=markers.get(fmt, "*"),
                    s=55 if fmt in markers else 140, alpha=0.85, edgecolors="black" if fmt not in markers else None)
-        text = e.model if e.kind == "extra" else f"{e.model} {e.artifact.replace(' (untrained)', '')}"
-        ax.annotate(text, (e.latency_ms, 100 * e.accuracy), fontsize=6.5,
-                    textcoords="offset points", xytext=(5, 5 if i % 2 else -9))
+        if fastest[e.model] is e:  # one label per model, at its fastest artifact; the table has them all
+            text = e.model if e.kind == "extra" else f"{e.model} {e.artifact.replace(' (untrained)', '')}"
+            ax.annotate(text, (e.latency_ms, 100 * e.accuracy), fontsize=7, textcoords="offset points",
+                        xytext=(0, 9 if e.kind == "extra" else -13), ha="center")
+    ax.margins(x=0.12, y=0.08)
     for m in models:
         ax.scatter([], [], color=colours[m], label=m)
     for fmt, marker in markers.items():
