@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compare the face detectors instead (default all: haar,yunet,blazeface): ms per frame, "
                         "detection rate by face size, false detections, box framing; no bundle needed")
     p.add_argument("--faces-per-size", type=int, default=40, help="--detectors: faces per size bin (default: 40)")
+    p.add_argument("--video-seconds", type=float, default=6.0,
+                   help="--detectors: length of each of the two test videos (default: 6)")
     p.add_argument("--photos", default=None, metavar="DIR",
                    help="--detectors: also a folder of your own full photos (no ground truth: faces found, time)")
     p.add_argument("--temporal", nargs="?", const="default", default=None, metavar="BUNDLE",
@@ -66,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
     if args.detectors:
         from feredge.benchmarks import detectors
 
+        if args.video_seconds < 1 / 15:
+            raise ValueError(f"--video-seconds must hold at least one frame at 15 FPS, not {args.video_seconds}")
+
         detectors.run(argparse.Namespace(detectors=args.detectors, per_bin=args.faces_per_size,
-                                         empty=args.faces_per_size, video_seconds=6.0, cv_threads=1, seed=0,
+                                         empty=args.faces_per_size, video_seconds=args.video_seconds, cv_threads=1, seed=0,
                                          out=args.out, photos=args.photos))
         return 0
     if args.temporal:

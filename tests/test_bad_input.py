@@ -161,6 +161,7 @@ BENCH_CASES = [
     (["--artifacts", "nope"], "no artifact matches nope"),
     (["--bundle", "/nonexistent"], "/nonexistent: no such bundle directory"),
     (["--video", "/nonexistent.mp4"], "no such video file"),
+    (["--detectors", "haar", "--video-seconds", "0"], "--video-seconds must hold at least one frame at 15 FPS"),
 ]
 
 

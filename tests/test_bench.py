@@ -175,7 +175,7 @@ def test_detector_bench_scores_detectors_by_face_size_and_on_photos(tmp_path):
     for i, (frame, _) in enumerate(scenes[:3]):
         cv2.imwrite(str(photos / f"{i}.png"), frame)
     cli = feredge("bench", "--detectors", "haar,yunet", "--faces-per-size", 3, "--photos", photos,
-                  "--out", tmp_path / "out", timeout=600)
+                  "--video-seconds", 1.5, "--out", tmp_path / "out", timeout=600)
     assert cli.returncode == 0, cli.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "detectors.json").read_text())
     assert [(r["detector"], r["scale"]) for r in result["rows"]] == [("haar", "1.0"), ("haar", "auto"),
@@ -184,7 +184,7 @@ def test_detector_bench_scores_detectors_by_face_size_and_on_photos(tmp_path):
     for row in result["rows"]:
         assert set(row["faces"].values()) == {3} and row["ms_per_frame"] > 0
         assert all(rate is None or 0 <= rate <= 1 for rate in row["detection_rate"].values())
-        assert row["photos"]["images"] == 3 and len(row["videos"]) == 2
+        assert row["photos"]["images"] == 3 and [v["frames"] for v in row["videos"]] == [22, 22]  # 1.5 s at 15 FPS
     yunet = next(r for r in result["rows"] if r["detector"] == "yunet")
     assert yunet["detection_rate"]["96-239"] >= 2 / 3 and yunet["box_side_ratio"][1] == pytest.approx(1.0, abs=0.25)
     assert "| yunet |" in (tmp_path / "out" / "detectors.md").read_text()
