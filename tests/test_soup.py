@@ -14,7 +14,7 @@ from feredge.models.train import TrainConfig, train  # noqa: E402
 
 
 def _run(data, out, **kw):
-    base = dict(data=str(data), arch="edge", out=str(out), epochs=1, batch_size=16, lr=3e-3, augment="none",
+    base = dict(data=str(data), arch="edge_nano", out=str(out), epochs=1, batch_size=16, lr=3e-3, augment="none",
                 patience=0, seed=7)
     base.update(kw)
     train(TrainConfig(**base), verbose=0)

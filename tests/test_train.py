@@ -294,7 +294,7 @@ def test_batchnorm_recalibration_measures_the_plain_average_of_the_batches():
 def test_swa_run_ships_the_average_of_its_last_epochs(synthetic_dataset, tmp_path, monkeypatch):
     from feredge.models.tf_env import keras
 
-    train(_config(synthetic_dataset, tmp_path / "start", arch="edge", epochs=1), verbose=0)
+    train(_config(synthetic_dataset, tmp_path / "start", arch="edge_nano", epochs=1), verbose=0)  # has batch norm
     start = keras.models.load_model(tmp_path / "start" / "model.keras", compile=False)
     seen = []
     real_save = train_mod._save_checkpoint
@@ -305,7 +305,7 @@ def test_swa_run_ships_the_average_of_its_last_epochs(synthetic_dataset, tmp_pat
         real_save(run, model, state, *rest)
 
     monkeypatch.setattr(train_mod, "_save_checkpoint", record)
-    cfg = _config(synthetic_dataset, tmp_path / "swa", arch="edge", epochs=3, swa_epochs=2, lr_schedule="constant",
+    cfg = _config(synthetic_dataset, tmp_path / "swa", arch="edge_nano", epochs=3, swa_epochs=2, lr_schedule="constant",
                   lr=1e-3, init_from=str(tmp_path / "start"))
     report = train(cfg, verbose=0)
     assert report["averaged_epochs"] == 2
