@@ -250,8 +250,9 @@ def main(argv=None) -> int:
         entries += arch_entries(args.arch, Path(tmp), Path(args.comparison))
         time_interleaved(entries, bundles, args.rounds, args.calls)
     device = device_facts()
+    isa = ", ".join(device.get("isa", [])) or "no listed ISA"
     title = (f"accuracy on {Path(set_name).name or set_name} against latency per face\n"
-             f"{device.get('cpu', '?')} ({device.get('machine', '?')}, {', '.join(device.get('isa', [])) or 'no listed ISA'})")
+             f"{device.get('cpu', '?')} ({device.get('machine', '?')}, {isa})")
     result = {"title": title, "device": device, "data": set_name, "rounds": args.rounds, "calls": args.calls,
               "rows": [asdict(e) for e in entries]}
     print(format_table(entries, args.reference))
