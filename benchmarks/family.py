@@ -157,7 +157,7 @@ def format_table(entries: list[Entry], reference: str | None) -> str:
     head = ["model", "artifact", "parameters", "MACs", "accuracy", "ms per face", "round range"]
     if ref:
         head.append(f"vs {reference}")
-    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for e in sorted(entries, key=lambda e: e.latency_ms or 0):
         cells = [e.model, e.artifact, f"{e.parameters:,}" if e.parameters else "-",
                  f"{e.macs / 1e6:.1f} M" if e.macs else "-",
