@@ -18,6 +18,7 @@ import csv
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ class Entry:
     model: str  # the name a row is grouped and coloured by
     artifact: str  # artifact id, or a label for an extra file
     path: Path
-    bundle: str | None  # bundle directory whose preprocessing and labels apply
+    bundle: str | None  # name of the bundle whose preprocessing and labels apply (None: an --arch row)
     kind: str = "bundle"  # bundle | extra (a file made elsewhere) | arch (untrained, for its latency)
     parameters: int | None = None
     macs: int | None = None
@@ -217,7 +218,6 @@ def write(result: dict, entries: list[Entry], out: Path, reference: str | None) 
 
 
 def main(argv=None) -> int:
-    from feredge.benchmarks.device import device_facts
     from feredge.edge.paths import PRETRAINED_DIR
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -242,6 +242,16 @@ def main(argv=None) -> int:
         p.error("give at least one --bundle or --arch")
     if args.rounds < 1 or args.calls < 1:
         p.error("--rounds and --calls must be at least 1")
+    try:
+        return _run(args)
+    except (OSError, ValueError) as exc:  # bad input: one line, not a traceback (BundleError is a ValueError)
+        print(f"family: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from feredge.benchmarks.device import device_facts
+
     wanted = {f for f in (args.formats or "").split(",") if f}
     entries, bundles = bundle_entries(args.bundle, wanted)
     entries += extra_entries(args.extra, bundles)

@@ -59,10 +59,16 @@ def test_family_times_and_scores_bundles_and_extra_files(bundle, tmp_path):
     assert (out / "family.png").stat().st_size > 10_000
 
 
-def test_family_rejects_an_extra_without_its_bundle(bundle, tmp_path):
-    with pytest.raises(ValueError, match="expected NAME=FILE@BUNDLE with BUNDLE one of test"):
-        family.main(["--bundle", f"test={bundle}", "--extra", f"x={bundle / 'model.fp32.tflite'}@other",
-                     "--out", str(tmp_path)])
+def test_family_rejects_bad_input_in_one_line(bundle, tmp_path, capsys):
+    file = bundle / "model.fp32.tflite"
+    cases = [(["--extra", f"x={file}@other"], "expected NAME=FILE@BUNDLE with BUNDLE one of test"),
+             (["--extra", "x=/nonexistent.tflite@test"], "/nonexistent.tflite: no such file (--extra x)")]
+    for extra, words in cases:
+        assert family.main(["--bundle", f"test={bundle}", *extra, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0]
+    assert family.main(["--bundle", "nope", "--out", str(tmp_path)]) == 2
+    assert "nope: no such bundle, and not a shipped model's name" in capsys.readouterr().err
 
 
 def test_a_shipped_name_reaches_run_eval_and_export(bundle, tmp_path, monkeypatch):
