@@ -1,4 +1,6 @@
 """Where the shipped models, their bundles and the sample faces live, wherever the kit is installed."""
+from __future__ import annotations
+
 from pathlib import Path
 
 # edge/ and models/ are installed side by side (editable or not), so this holds in both cases.
@@ -25,7 +27,7 @@ def _resolve(value: str | Path | None, what: str, shipped) -> Path:
     """A shipped name (exactly `edge` or `nano`: a folder of that name is `./nano`), else a path. A
     bare word that is neither is an error that lists the names, not a guess."""
     name = DEFAULT_NAME if value is None else str(value)
-    if isinstance(value, str | None) and name in SHIPPED_RUNS:
+    if (value is None or isinstance(value, str)) and name in SHIPPED_RUNS:
         target = shipped(name)
         if not target.exists():
             hint = f"; make it with 'feredge export --model {name}'" if what == "bundle" else ""

@@ -11,11 +11,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    tomllib = pytest.importorskip("tomli")
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("edge", "evaluation", "models", "export", "benchmarks")
@@ -57,6 +61,38 @@ def test_imports_only_point_down(package):
 def test_the_lower_layers_need_no_tensorflow(package):
     wrong = [f"{path.relative_to(REPO)}: {name}" for path in _sources(package) for name in _imports(path)
              if name.split(".")[0] in TENSORFLOW]
+    assert not wrong, "\n".join(wrong)
+
+
+def _runtime_unions(tree: ast.Module) -> list[int]:
+    """Lines where `X | Y` of types is evaluated at run time, which Python 3.9 cannot do: in
+    isinstance/issubclass, or in annotations of a module without `from __future__ import annotations`."""
+    future = any(isinstance(n, ast.ImportFrom) and n.module == "__future__" and
+                 any(a.name == "annotations" for a in n.names) for n in tree.body)
+    exprs = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("isinstance", "issubclass"):
+            exprs += node.args[1:2]
+        elif not future and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            exprs += [a.annotation for a in args if a.annotation] + [node.returns] * bool(node.returns)
+        elif not future and isinstance(node, ast.AnnAssign):
+            exprs.append(node.annotation)
+    return sorted({e.lineno for e in exprs for x in ast.walk(e)
+                   if isinstance(x, ast.BinOp) and isinstance(x.op, ast.BitOr)})
+
+
+@pytest.mark.parametrize("package", ("feredge",) + LAYERS)
+def test_the_code_runs_on_python_3_9(package):
+    """pyproject says 3.9+ (a Jetson on JetPack 5 or an old Pi image); this machine has only 3.11."""
+    wrong = []
+    for path in _sources(package):
+        try:
+            tree = ast.parse(path.read_text(), str(path), feature_version=(3, 9))
+        except SyntaxError as err:
+            wrong.append(f"{path.relative_to(REPO)}:{err.lineno}: not Python 3.9 syntax ({err.msg})")
+            continue
+        wrong += [f"{path.relative_to(REPO)}:{line}: X | Y of types at run time" for line in _runtime_unions(tree)]
     assert not wrong, "\n".join(wrong)
 
 
