@@ -250,6 +250,9 @@ def run(args) -> int:
             log.warning("%s does not open here (%s); trying the next choice", choice.artifact.id,
                         str(exc).split(": ", 1)[-1])
     load_s = time.perf_counter() - load_started
+    model = bundle.manifest.get("model", {})
+    log.info("bundle: %s (model %s, %s parameters)", bundle_dir, model.get("name", "?"),
+             f"{model['parameters']:,}" if isinstance(model.get("parameters"), int) else "?")
     log.info("backend: %s (%s, ran as %s) via %s, threads %s; chosen by %s%s", choice.artifact.id,
              bundle.path(choice.artifact).name, backend.precision, backend.runtime, choice.threads or "default",
              choice.reason, "; flip-averaged (2 inferences per face)" if bundle.spec.flip_average else "")

@@ -99,7 +99,7 @@ def damaged(tmp_path):
 
 def _one_line(capsys, code, expected_code, words):
     err = [line for line in capsys.readouterr().err.splitlines()
-           if line.strip() and not line.startswith(("note:", "backend:"))]
+           if line.strip() and not line.startswith(("note:", "bundle:", "backend:"))]
     assert code == expected_code, err
     assert len(err) == 1 and err[0].startswith("feredge ") and words in err[0], err
 
