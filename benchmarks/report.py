@@ -121,12 +121,13 @@ def plot_latency_accuracy(records, path: str | Path, title: str = "latency again
 
 def finish_latency_accuracy(fig, ax, path, xlabel: str, title: str, title_size: float | None = None) -> None:
     """Log latency axis with plain numbers, accuracy in %, legend outside; saved as PNG."""
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    plain = FuncFormatter(lambda x, _: f"{x:g}")  # 0.5, 1, 2: one style and size for decades and between
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="both", labelsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=title_size)
