@@ -94,3 +94,32 @@ def test_a_shipped_name_reaches_run_eval_and_export(bundle, tmp_path, monkeypatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
     artifact = _shipped_or_given("nano")
     assert artifact.parent == home / "bundle" and artifact.name.endswith(".tflite")
+
+
+def test_the_shipped_nano_is_a_smaller_verified_member_that_runs_by_name(tmp_path):
+    """The real second bundle: made from the shipped nano model, every artifact verified on
+    PublicTest, smaller than edge, and reached by name from run, eval and bench."""
+    from feredge.edge.bundle import Bundle, sha256_file
+
+    nano, edge = Bundle.load(paths.shipped_bundle("nano")), Bundle.load(paths.DEFAULT_BUNDLE)
+    assert nano.manifest["model"]["sha256"] == sha256_file(paths.SHIPPED_RUNS["nano"] / "model.keras")
+    assert nano.manifest["model"]["parameters"] < edge.manifest["model"]["parameters"] / 3
+    assert nano.manifest["model"]["macs"] < edge.manifest["model"]["macs"] / 3
+    assert {(a.format, a.precision) for a in nano.artifacts} >= {("tflite", "fp32"), ("tflite", "int8")}
+    for artifact in nano.artifacts:
+        assert artifact.verification.passed and artifact.verification.samples == 3589
+        nano.check(artifact)  # every file is there, unaltered
+    assert "The `nano` model of feredge's family" in (paths.SHIPPED_RUNS["nano"] / "MODEL_CARD.md").read_text()
+
+    done = feredge("eval", "--model", "nano", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["num_samples"] == 350 and report["accuracy"] > 0.4 and "nano" in report["model"]
+    done = feredge("run", "--bundle", "nano", "--headless", "--max-frames", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "nano" in done.stderr and len([ln for ln in done.stdout.splitlines() if ln.startswith("{")]) == 3
+    done = feredge("bench", "--bundle", "nano", "--artifacts", "tflite", "--no-accuracy", "--min-time", "0.05",
+                   "--min-runs", "5", "--warmup", "0", "--no-recommend", "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(next((tmp_path / "b").rglob("*.json")).read_text())
+    assert "tflite-int8" in json.dumps(rows)
