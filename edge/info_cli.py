@@ -1,7 +1,9 @@
-"""`feredge info`: this device, the inference runtimes installed, and what its OpenCV and cameras can do."""
+"""`feredge info`: this device, the inference runtimes installed, what its OpenCV and cameras can do,
+and the shipped models with the artifact `feredge run` would pick for each here."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def add_arguments(p) -> None:
@@ -13,7 +15,32 @@ def gather() -> dict:
     from feredge.edge.device import camera_facts, device_facts, opencv_facts, runtime_facts
 
     return {"device": device_facts(), "formats": installed_formats(), "runtimes": runtime_facts(),
-            "opencv": opencv_facts(), "cameras": camera_facts()}
+            "opencv": opencv_facts(), "cameras": camera_facts(), "models": shipped_models()}
+
+
+def shipped_models() -> list[dict]:
+    """Each shipped bundle by name, read from its manifest only (no model file is opened): size,
+    accuracy as verified at export, and what `run --backend auto` would pick on this device."""
+    from feredge.edge import paths
+    from feredge.edge.bundle import Bundle, BundleError
+    from feredge.edge.choose import choose
+
+    models = []
+    for name in paths.SHIPPED_RUNS:
+        root = paths.shipped_bundle(name)
+        entry = {"name": name, "default": name == paths.DEFAULT_NAME, "bundle": str(root)}
+        try:
+            bundle = Bundle.load(root)
+            model, data = bundle.manifest.get("model") or {}, bundle.manifest.get("verification_data") or {}
+            entry.update(parameters=model.get("parameters"), macs=model.get("macs"),
+                         accuracy=data.get("keras_accuracy"), faces=data.get("labelled"),
+                         data=Path(data["source"]).name if data.get("source") else None,
+                         artifacts=[a.id for a in bundle.artifacts])
+            entry["run_picks"] = choose(bundle).artifact.id
+        except (BundleError, ValueError, OSError) as exc:  # a missing or broken bundle is reported, not fatal
+            entry["problem"] = str(exc)
+        models.append(entry)
+    return models
 
 
 def _yes(value) -> str:
@@ -52,7 +79,22 @@ def format_info(info: dict) -> str:
     problem = cams.get("picamera2_problem")
     if problem and not problem.startswith("picamera2 is not installed"):  # installed and broken: say how to fix
         lines.append(f"           {problem}")
-    return "\n".join(lines)
+    return "\n".join(lines + _model_lines(info.get("models", [])))
+
+
+def _model_lines(models: list[dict]) -> list[str]:
+    lines = []
+    for i, m in enumerate(models):
+        head = ("models     " if i == 0 else "           ") + m["name"] + (" (default)" if m["default"] else "")
+        if "problem" in m:
+            lines.append(f"{head}: {m['problem']}")
+            continue
+        facts = [f"{m['parameters']:,} parameters"] if m["parameters"] else []
+        facts += [f"{m['macs'] / 1e6:.1f} M MACs"] if m["macs"] else []
+        facts.append(f"{100 * m['accuracy']:.2f} % on {m['faces']:,} faces ({m['data']})" if m["accuracy"] is not None
+                     and m["faces"] else "accuracy not verified on labelled faces")
+        lines.append(f"{head}: {', '.join(facts)}; run picks {m['run_picks']} here")
+    return lines
 
 
 def run(args) -> int:

@@ -269,8 +269,34 @@ def test_info_reports_runtimes_and_opencv_build():
     assert info["device"]["machine"] and info["device"]["cores"] >= 1
     assert set(info["formats"]) >= {"tflite"}
     assert {"gui", "gstreamer", "v4l2", "ffmpeg", "haar_cascades"} <= set(info["opencv"])
+    from feredge.edge.bundle import Bundle
+
+    listed = {m["name"]: m for m in info["models"]}
+    assert set(listed) == {"edge", "nano"} and listed["edge"]["default"] and not listed["nano"]["default"]
+    for name, entry in listed.items():
+        manifest = Bundle.load(entry["bundle"]).manifest
+        assert entry["accuracy"] == manifest["verification_data"]["keras_accuracy"]
+        assert entry["parameters"] == manifest["model"]["parameters"] and entry["run_picks"] in entry["artifacts"]
+    assert listed["nano"]["macs"] < listed["edge"]["macs"]
     text = feredge("info")
     assert text.returncode == 0 and "GStreamer" in text.stdout and "runtimes" in text.stdout
+    assert re.search(r"^models +edge \(default\): 613,639 parameters, .*run picks \S+ here$", text.stdout, re.M)
+
+
+def test_info_reports_a_missing_or_broken_shipped_bundle_and_goes_on(tmp_path, monkeypatch):
+    from feredge.edge import info_cli, paths
+
+    broken = tmp_path / "broken" / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, broken, ignore=shutil.ignore_patterns("*.tflite", "*.onnx", "openvino"))
+    (broken / "manifest.json").write_text('{"schema": 1, "artifacts": [')  # truncated by a failed copy
+    monkeypatch.setattr(paths, "SHIPPED_RUNS", {"edge": DEFAULT_BUNDLE.parent, "gone": tmp_path / "gone",
+                                                "broken": tmp_path / "broken"})
+    models = {m["name"]: m for m in info_cli.shipped_models()}
+    assert "problem" not in models["edge"] and models["edge"]["run_picks"]
+    assert "no such bundle directory" in models["gone"]["problem"]
+    assert "not valid JSON" in models["broken"]["problem"] and "manifest.json" in models["broken"]["problem"]
+    lines = info_cli._model_lines(list(models.values()))
+    assert len(lines) == 3 and lines[2].startswith("           broken: ")
 
 
 def test_run_says_in_one_line_when_this_cpu_is_not_the_one_that_verified_the_bundle(bundle, tmp_path):
