@@ -107,7 +107,7 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
          f"The `{shipped_as}` model of feredge's family (`--model {shipped_as}`, `--bundle {shipped_as}`)")
         + ": a facial-expression classifier for face crops "
         f"({', '.join(report['per_class'])}). {params:,} parameters, {macs / 1e6:.1f} M multiply-accumulates "
-        f"per 48x48 face, **{100 * report['accuracy']:.2f} % accuracy and {report['macro_f1']:.4f} macro-F1** "
+        f"per {_input_size(run)} face, **{100 * report['accuracy']:.2f} % accuracy and {report['macro_f1']:.4f} macro-F1** "
         f"on the {report['num_samples']:,} FER-2013 PublicTest faces.", "",
         "## Intended use", "", INTENDED_USE,
         "## Out-of-scope uses", "", OUT_OF_SCOPE,
@@ -157,6 +157,13 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
 
 
 NORMALIZATION = {"unit": "x/255", "symmetric": "x/127.5-1", "zscore": "(x/255-mean)/std"}
+
+
+def _input_size(run: Path) -> str:
+    """The network's input as HxW (FER-2013 crops are 48x48; `mini_xception` takes them resized to 64x64)."""
+    spec_file = Path(run) / "preprocess.json"
+    spec = json.loads(spec_file.read_text()) if spec_file.is_file() else {}
+    return f"{spec['height']}x{spec['width']}" if spec.get("height") else "48x48"
 
 
 def _preprocessing_text(run: Path, config: dict) -> str:

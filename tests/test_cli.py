@@ -175,6 +175,8 @@ def test_model_card_is_written_from_measured_figures(trained_run, synthetic_data
     metrics = json.loads((shipped / "metrics.json").read_text())
     card = (shipped / "MODEL_CARD.md").read_text()
     assert f"{100 * metrics['accuracy']:.2f} %" in card and "106,503 parameters" in card
+    spec = json.loads((trained_run / "preprocess.json").read_text())
+    assert f"multiply-accumulates per {spec['height']}x{spec['width']} face" in card
     assert "--arch seed001" in card and "Known limitations" in card and "| disgust |" in card
     assert note in card and "old text" not in card  # the hand-written block survives, the rest is rewritten
     assert "| seed000 (kept from an earlier session) | 66.12 % |" in card
