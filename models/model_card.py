@@ -107,7 +107,8 @@ def card_text(run: Path, report: dict, config: dict, history: dict, params: int,
          f"The `{shipped_as}` model of feredge's family (`--model {shipped_as}`, `--bundle {shipped_as}`)")
         + ": a facial-expression classifier for face crops "
         f"({', '.join(report['per_class'])}). {params:,} parameters, {macs / 1e6:.1f} M multiply-accumulates "
-        f"per {_input_size(run)} face, **{100 * report['accuracy']:.2f} % accuracy and {report['macro_f1']:.4f} macro-F1** "
+        f"per {_input_size(run)} face, **{100 * report['accuracy']:.2f} % accuracy and "
+        f"{report['macro_f1']:.4f} macro-F1** "
         f"on the {report['num_samples']:,} FER-2013 PublicTest faces.", "",
         "## Intended use", "", INTENDED_USE,
         "## Out-of-scope uses", "", OUT_OF_SCOPE,

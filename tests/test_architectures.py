@@ -71,7 +71,8 @@ def test_every_architecture_builds_at_another_input_size():
     for name in ARCHITECTURES:
         if name == "seed002":
             continue  # its Dense layer is sized for 128x128
-        assert build_model(name, input_shape=(48, 48, 1) if name == "mini_xception" else (64, 64, 1)).output_shape[-1] == 7
+        other = (48, 48, 1) if name == "mini_xception" else (64, 64, 1)
+        assert build_model(name, input_shape=other).output_shape[-1] == 7
 
 
 def test_unknown_architecture():
