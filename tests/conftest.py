@@ -50,6 +50,21 @@ def synthetic_dataset(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def bundle_cache(request, tmp_path_factory):
+    """Where the shared test bundle is built: pytest's cache, kept between runs, or with the cache
+    plugin off (`-p no:cacheprovider`, a read-only checkout) this run's temporary root, which the
+    pytest-xdist workers share so that one of them builds it."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return cache.mkdir("feredge-runtime")
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    (root / "feredge-runtime").mkdir(exist_ok=True)
+    return root / "feredge-runtime"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Dataset caches go to a per-test folder, never to the user's ~/.cache."""

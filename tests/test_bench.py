@@ -19,8 +19,8 @@ QUICK = dict(warmup_s=0.02, min_s=0.05, min_runs=5)
 
 
 @pytest.fixture(scope="module")
-def bundle(request, tmp_path_factory):
-    built = build_test_bundle(request.config.cache.mkdir("feredge-runtime"))
+def bundle(bundle_cache, tmp_path_factory):
+    built = build_test_bundle(bundle_cache)
     copy = tmp_path_factory.mktemp("bench") / "bundle"
     shutil.copytree(built, copy)  # the harness writes recommendation.json into the bundle
     return copy

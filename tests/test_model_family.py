@@ -35,8 +35,8 @@ def test_cli_names_an_unknown_model(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bundle(request):
-    return build_test_bundle(request.config.cache.mkdir("feredge-runtime"))
+def bundle(bundle_cache):
+    return build_test_bundle(bundle_cache)
 
 
 def test_family_times_and_scores_bundles_and_extra_files(bundle, tmp_path):

@@ -22,8 +22,8 @@ FACE_FIELDS = {"box", "label", "probabilities", "smoothed_label", "track", "conf
 
 
 @pytest.fixture(scope="module")
-def bundle(request):
-    return build_test_bundle(request.config.cache.mkdir("feredge-runtime"))
+def bundle(bundle_cache):
+    return build_test_bundle(bundle_cache)
 
 
 @pytest.fixture(scope="module")

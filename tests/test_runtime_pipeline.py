@@ -20,8 +20,8 @@ INSTALLED = [f for f in ("tflite", "onnx", "openvino") if f in installed_formats
 
 
 @pytest.fixture(scope="module")
-def bundle(request):
-    return Bundle.load(build_test_bundle(request.config.cache.mkdir("feredge-runtime")))
+def bundle(bundle_cache):
+    return Bundle.load(build_test_bundle(bundle_cache))
 
 
 @pytest.fixture(scope="module")

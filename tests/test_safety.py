@@ -91,16 +91,30 @@ def test_trusting_a_lambda_model_runs_it_with_a_warning(lambda_models, monkeypat
 
 # --- export never deletes what it did not write ------------------------------------------------
 
-def _export_shipped(out, **kw):
-    from feredge.edge.paths import PRETRAINED_DIR
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """A small model with its preprocessing and labels: the bundle-writing rules below do not depend
+    on which network is exported, and it converts in a fraction of the shipped model's time."""
+    pytest.importorskip("tf_keras")
+    from feredge.models.tf_env import keras
+
+    folder = tmp_path_factory.mktemp("small")
+    inputs = keras.Input((48, 48, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    keras.Model(inputs, keras.layers.Dense(7, activation="softmax")(x)).save(folder / "model.keras")
+    (folder / "labels.json").write_text(json.dumps(list(FER2013_LABELS)))
+    PreprocessSpec().save(folder / "preprocess.json")
+    return folder
+
+
+def _export(model, out, **kw):
     from feredge.export import export_model
 
-    return export_model(PRETRAINED_DIR, out, formats="tflite", precisions="fp32", progress=False, **kw)
+    return export_model(model, out, formats="tflite", precisions="fp32", progress=False, **kw)
 
 
 @pytest.mark.parametrize("layout", ["webapp", "empty-json", "other-schema"])
-def test_a_folder_with_a_file_named_manifest_json_is_not_replaced(layout, tmp_path):
-    pytest.importorskip("tf_keras")
+def test_a_folder_with_a_file_named_manifest_json_is_not_replaced(layout, small_model, tmp_path):
     out = tmp_path / "webapp"
     (out / "src").mkdir(parents=True)
     files = {"manifest.json": json.dumps({"name": "my app", "icons": []}), "index.html": "<html>mine</html>",
@@ -112,28 +126,26 @@ def test_a_folder_with_a_file_named_manifest_json_is_not_replaced(layout, tmp_pa
     for name, text in files.items():
         (out / name).write_text(text)
     with pytest.raises(FileExistsError, match="webapp: .*refusing to replace it, choose another --out"):
-        _export_shipped(out)
+        _export(small_model, out)
     for name, text in files.items():
         assert (out / name).read_text() == text
 
 
-def test_a_bundle_with_a_stranger_file_in_it_is_not_replaced(tmp_path):
-    pytest.importorskip("tf_keras")
+def test_a_bundle_with_a_stranger_file_in_it_is_not_replaced(small_model, tmp_path):
     out = tmp_path / "b"
-    _export_shipped(out)
+    _export(small_model, out)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"holds files no feredge bundle has \(notes\.txt\)"):
-        _export_shipped(out)
+        _export(small_model, out)
     (out / "notes.txt").unlink()
-    assert [a.id for a in _export_shipped(out).artifacts] == ["tflite-fp32"]  # a bundle it wrote: replaced
+    assert [a.id for a in _export(small_model, out).artifacts] == ["tflite-fp32"]  # a bundle it wrote: replaced
 
 
-def test_leftovers_of_a_killed_export_are_removed_and_a_running_ones_kept(tmp_path):
+def test_leftovers_of_a_killed_export_are_removed_and_a_running_ones_kept(small_model, tmp_path):
     import os
     import subprocess
     import sys
 
-    pytest.importorskip("tf_keras")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(gone.stdout)
     stale = tmp_path / f".b.partial-{dead_pid}-x1y2"
@@ -143,5 +155,5 @@ def test_leftovers_of_a_killed_export_are_removed_and_a_running_ones_kept(tmp_pa
     running.mkdir()
     unrelated = tmp_path / ".b.partial-notes"  # not a name this kit writes
     unrelated.mkdir()
-    _export_shipped(tmp_path / "b")
+    _export(small_model, tmp_path / "b")
     assert not stale.exists() and running.is_dir() and unrelated.is_dir()

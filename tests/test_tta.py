@@ -14,8 +14,8 @@ from runtime_support import MODEL_DIR, build_test_bundle, sample_faces
 
 
 @pytest.fixture(scope="module")
-def bundle(request):
-    return Bundle.load(build_test_bundle(request.config.cache.mkdir("feredge-runtime")))
+def bundle(bundle_cache):
+    return Bundle.load(build_test_bundle(bundle_cache))
 
 
 @pytest.fixture(scope="module")
