@@ -107,10 +107,10 @@ def small_model(tmp_path_factory):
     return folder
 
 
-def _export(model, out, **kw):
+def _export(model, out):
     from feredge.export import export_model
 
-    return export_model(model, out, formats="tflite", precisions="fp32", progress=False, **kw)
+    return export_model(model, out, formats="tflite", precisions="fp32", progress=False)
 
 
 @pytest.mark.parametrize("layout", ["webapp", "empty-json", "other-schema"])
