@@ -393,6 +393,23 @@ def _save_model_atomic(model, path: Path, float32_twin=None) -> None:
     tmp.replace(path)
 
 
+def _check_bfloat16() -> None:
+    """Fail before training if this TensorFlow cannot convolve in bfloat16 here. TensorFlow picks
+    oneDNN's bf16 kernels from what the CPU reports (AVX512-BF16, AMX), but oneDNN refuses them when
+    ONEDNN_MAX_CPU_ISA caps it lower, and the fit would abort at its first step with a graph error."""
+    import os
+
+    from feredge.models.tf_env import tf
+
+    try:
+        tf.nn.conv2d(tf.zeros((1, 8, 8, 1), tf.bfloat16), tf.zeros((3, 3, 1, 4), tf.bfloat16), 1, "SAME").numpy()
+    except tf.errors.OpError:
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+        why = f"ONEDNN_MAX_CPU_ISA={cap} caps oneDNN below them; unset it, or " if cap else ""
+        raise ValueError(f"--mixed-precision: TensorFlow cannot run bfloat16 convolutions on this CPU "
+                         f"({why}train without --mixed-precision)") from None
+
+
 def _float32_builder(cfg: "TrainConfig", spec: PreprocessSpec, num_classes: int):
     """A function building the run's network with float32 compute, or None when it already is."""
     if not cfg.mixed_precision:
@@ -461,6 +478,8 @@ def _run(cfg: TrainConfig, ckpt: Path | None, verbose: int | None) -> dict:
 
     cfg.validate()
     dist = distribute.create(cfg.strategy, cfg.cpu_devices)  # before any TensorFlow op runs
+    if cfg.mixed_precision:
+        _check_bfloat16()
     run = Path(cfg.out)  # the run: read when resuming, written by the chief
     out = distribute.output_dir(dist, run)  # where this process writes (a non-chief worker: a temporary folder)
     try:

@@ -16,6 +16,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # switch: its int8 tests rely on the portable schemes (export/onnx.py), which no CPU saturates.
 for _name in ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA"):
     os.environ.setdefault(_name, "AVX2")
+# TensorFlow on its own (Eigen) kernels, built into the wheel for one ISA: on oneDNN it chooses
+# kernels by the CPU's flags and cache sizes, so on an AVX-512 EPYC two replicas of 8 drifted from
+# one batch of 16 by 4 % in two epochs where they agree to 0.1 % on an AVX2 one, and on a CPU with
+# AVX512-BF16 it picks bf16 kernels that the cap above forbids (mixed precision aborts).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def synthetic_faces(n_per_class: int, seed: int, size: int = 48) -> tuple[np.ndarray, np.ndarray]:

@@ -162,6 +162,31 @@ def test_mixed_precision_run_saves_a_float32_model(synthetic_dataset, tmp_path):
     assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in trained.layers}
 
 
+def test_mixed_precision_under_an_isa_cap_trains_or_fails_in_one_line(synthetic_dataset, tmp_path):
+    """TensorFlow on oneDNN picks bf16 kernels from the CPU's flags, which ONEDNN_MAX_CPU_ISA=AVX2
+    forbids on an AVX512-BF16 or AMX CPU: there the run must stop before training with one line
+    naming the cap, and leave no folder; on an AVX2-only CPU the same command trains."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run([sys.executable, "-m", "feredge", "train", "--data", str(synthetic_dataset), "--arch",
+                           "seed001", "--epochs", "1", "--batch-size", "16", "--augment", "none", "--mixed-precision",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    from feredge.edge.device import host_record
+
+    if done.returncode == 0:  # oneDNN's bf16 kernels run under the cap on this CPU (seen on AVX2-only x86)
+        assert not {"avx512_bf16", "amx_bf16"} & set(host_record()["isa"]), "should have stopped"
+        assert (out / "model.keras").is_file()
+    else:
+        assert done.returncode == 2, done.stderr[-2000:]
+        line = done.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in done.stderr and "ONEDNN_MAX_CPU_ISA=AVX2" in line and "--mixed-precision" in line
+        assert not out.exists()
+
+
 def test_soften_keeps_the_ranking_and_flattens_with_temperature():
     from feredge.models.distill import distilled_targets, soften
 
