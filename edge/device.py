@@ -66,6 +66,21 @@ def isa_flags() -> list[str]:
     return [f for f in ISA_FLAGS if f in present]
 
 
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA")
+
+
+def align_isa_caps() -> None:
+    """One ISA cap for both halves of the CPU plugin, which read them when it first loads.
+    ONEDNN_MAX_CPU_ISA caps oneDNN's kernels, OV_CPU_MAX_ISA what the plugin itself chooses by
+    the CPU's flags. Set one alone on an AVX512-BF16 CPU and the plugin picks bf16, which oneDNN
+    capped at AVX2 has no kernels for: compiling an fp32 IR fails ("Supported primitive
+    descriptors list is empty for node: MaxPool...")."""
+    cap = next((os.environ[name] for name in ISA_CAPS if os.environ.get(name)), None)
+    if cap:
+        for name in ISA_CAPS:
+            os.environ.setdefault(name, cap)
+
+
 def host_record() -> dict:
     """Where something was measured: architecture, CPU model and its int8-relevant ISA flags."""
     return {"machine": platform.machine(), "cpu": cpu_model(), "isa": isa_flags()}
@@ -122,6 +137,7 @@ def runtime_facts() -> dict:
                 entry["providers"] = list(onnxruntime.get_available_providers())
                 entry["version"] = entry["version"] or onnxruntime.__version__
             elif module == "openvino":
+                align_isa_caps()
                 import openvino
 
                 entry["devices"] = list(openvino.Core().available_devices)

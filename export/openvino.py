@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from feredge.edge.device import align_isa_caps
+
+align_isa_caps()  # before OpenVINO's CPU plugin first loads, which is when it reads the caps
 PRECISIONS = ("fp32", "fp16", "int8")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from feredge.edge import formats as format_table
 from feredge.edge.bundle import SCHEMA_VERSION, Artifact, Bundle, Verification, sha256_file
-from feredge.edge.device import host_record
+from feredge.edge.device import ISA_CAPS, host_record
 from feredge.edge.formats import PRECISIONS
 from feredge.edge.paths import SAMPLE_DIR
 from feredge.evaluation.predict import predict
@@ -42,7 +42,6 @@ from feredge.models.run_dir import locate_model
 log = logging.getLogger("feredge.export")
 
 NOISY_LOGGERS = ("tf2onnx", "nncf", "absl", "onnxruntime", "openvino", "tensorflow")
-ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA")  # set: OpenVINO verified on a capped ISA, recorded
 
 
 class ExportIncomplete(ValueError):

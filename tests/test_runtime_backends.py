@@ -147,6 +147,22 @@ def test_openvino_int8_runs_the_isa_the_tests_cap_it_to(bundle):
     assert lowered and all("sse" in k for k in lowered), lowered
 
 
+@pytest.mark.skipif("openvino" not in INSTALLED or platform.machine() not in ("x86_64", "AMD64"),
+                    reason="OpenVINO's x86 kernels")
+def test_one_isa_cap_is_enough_for_openvino(bundle):
+    """A user who sets ONEDNN_MAX_CPU_ISA alone gets the whole CPU plugin capped: on a CPU with
+    AVX512-BF16 the plugin would otherwise choose bf16 from the CPU's flags, which the capped
+    oneDNN cannot run, and the fp32 IR (its max pooling) failed to compile."""
+    script = ("import sys\nfrom feredge.edge.backends.openvino import OpenVINOBackend\n"
+              "print(OpenVINOBackend(sys.argv[1], threads=1).precision)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OV_CPU_MAX_ISA"}
+    env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    fp32 = str(bundle.path(bundle.find("openvino", "fp32")))
+    done = subprocess.run([sys.executable, "-c", script, fp32], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "fp32"  # the device default under an AVX2 cap, as on AVX2 CPUs
+
+
 def test_tensorrt_gets_an_engine_cache_beside_the_model_and_its_precisions(bundle):
     from feredge.edge.backends.base import BackendError
     from feredge.edge.backends.onnxrt import choose_providers, provider_config

@@ -9,14 +9,14 @@ import numpy as np
 
 from feredge.edge.backends.base import Backend, BackendError
 from feredge.edge.backends.tflite import _first_line
+from feredge.edge.device import align_isa_caps
 
 HINTS = ("f32", "bf16", "f16")
-
-
 class OpenVINOBackend(Backend):
     format = "openvino"
 
     def __init__(self, path, threads: int | None = None, device: str = "CPU", precision_hint: str | None = None):
+        align_isa_caps()
         import openvino as ov
 
         self.runtime = f"openvino {ov.__version__.split('-')[0]}"
