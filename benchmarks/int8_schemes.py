@@ -27,7 +27,7 @@ def measure(model_path, data, calib_dir, calib_count: int = 300, runs: int = 300
     import contextlib
 
     from feredge.edge import formats
-    from feredge.edge.device import host_record
+    from feredge.edge.device import align_isa_caps, host_record, isa_caps
     from feredge.export import onnx as onnx_export
     from feredge.export import openvino as ov_export
     from feredge.export import tflite as tflite_export
@@ -80,7 +80,9 @@ def measure(model_path, data, calib_dir, calib_count: int = 300, runs: int = 300
                 r["latency_ms_p50"] = round(ms, 4)
     for r in rows:
         del r["path"], r["options"]
-    return {"host": host_record(), "model": {"name": source.name, "sha256": source.sha256},
+    align_isa_caps()
+    host = host_record() | ({"isa_cap": isa_caps()} if isa_caps() else {})
+    return {"host": host, "model": {"name": source.name, "sha256": source.sha256},
             "keras_accuracy": ref.accuracy, "faces": len(faces), "faces_source": faces.source,
             "calibration": {"source": calib.source, "count": len(calib)}, "threads": 1, "rows": rows,
             "seconds": round(time.perf_counter() - started, 1)}
@@ -89,7 +91,9 @@ def measure(model_path, data, calib_dir, calib_count: int = 300, runs: int = 300
 def to_markdown(report: dict) -> str:
     from feredge.edge.device import describe_host
 
-    lines = [f"Int8 schemes on {describe_host(report['host'])}: {report['faces']} faces from "
+    caps = ", ".join(f"{k}={v}" for k, v in report["host"].get("isa_cap", {}).items())
+    lines = [f"Int8 schemes on {describe_host(report['host'])}{' capped to ' + caps if caps else ''}: "
+             f"{report['faces']} faces from "
              f"{report['faces_source']}, Keras {report['keras_accuracy'] * 100:.2f} %; calibration "
              f"{report['calibration']['count']} faces; latency = median of one face, one thread.", "",
              "| format | scheme | portable | accuracy | drop (points) | agreement | latency ms | ran |",

@@ -81,6 +81,11 @@ def align_isa_caps() -> None:
             os.environ.setdefault(name, cap)
 
 
+def isa_caps() -> dict:
+    """The ISA caps set in this process ({} when none): a figure measured under one names it."""
+    return {name: os.environ[name] for name in ISA_CAPS if os.environ.get(name)}
+
+
 def host_record() -> dict:
     """Where something was measured: architecture, CPU model and its int8-relevant ISA flags."""
     return {"machine": platform.machine(), "cpu": cpu_model(), "isa": isa_flags()}

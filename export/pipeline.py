@@ -17,7 +17,6 @@ import gzip
 import importlib
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import numpy as np
 
 from feredge.edge import formats as format_table
 from feredge.edge.bundle import SCHEMA_VERSION, Artifact, Bundle, Verification, sha256_file
-from feredge.edge.device import ISA_CAPS, host_record
+from feredge.edge.device import host_record, isa_caps
 from feredge.edge.formats import PRECISIONS
 from feredge.edge.paths import SAMPLE_DIR
 from feredge.evaluation.predict import predict
@@ -220,7 +219,7 @@ def export_model(model_path, out_dir, *, formats=None, precisions=None, calib=No
             log.info("Keras source accuracy on the verification faces: %.2f %%", ref_acc * 100)
 
         host = host_record()
-        caps = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+        caps = isa_caps()
         warning = host_warning(profile, host)
         if warning:
             log.warning("%s", warning)
