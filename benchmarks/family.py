@@ -206,7 +206,11 @@ def write(result: dict, entries: list[Entry], out: Path, reference: str | None) 
 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "family.json", json.dumps(result, indent=2, default=str) + "\n")
-    write_text_atomic(out / "family.md", format_table(entries, reference) + "\n")
+    device = result["device"]
+    header = (f"Latency per face: batch 1, 1 thread, median of {result['rounds']} interleaved rounds of "
+              f"{result['calls']} calls, on {device.get('cpu', '?')} ({device.get('machine', '?')}; "
+              f"{', '.join(device.get('isa') or []) or 'no listed ISA'}). Accuracy on {result['data']}.\n\n")
+    write_text_atomic(out / "family.md", header + format_table(entries, reference) + "\n")
     rows = [{k: v for k, v in asdict(e).items() if k != "rounds_ms"} for e in entries]
     tmp = out / ".family.csv.tmp"
     with open(tmp, "w", newline="") as fh:

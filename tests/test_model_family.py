@@ -55,7 +55,11 @@ def test_family_times_and_scores_bundles_and_extra_files(bundle, tmp_path):
     assert all(len(r["rounds_ms"]) == 2 and r["latency_ms"] > 0 for r in rows)
     with open(out / "family.csv") as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
-    assert "vs copy" in (out / "family.md").read_text()
+    table = (out / "family.md").read_text()
+    from feredge.edge.device import host_record
+
+    assert "vs copy" in table and "2 interleaved rounds of 3 calls" in table
+    assert f"on {host_record()['cpu']} ({host_record()['machine']}; " in table.splitlines()[0]
     assert (out / "family.png").stat().st_size > 10_000
 
 
