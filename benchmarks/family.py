@@ -62,8 +62,10 @@ def bundle_entries(values, formats_wanted) -> tuple[list[Entry], dict[str, objec
         for artifact in bundle.artifacts:
             if formats_wanted and artifact.format not in formats_wanted:
                 continue
+            pruned = artifact.pruning or {}  # structured pruning made a smaller network than the bundle's model
             entries.append(Entry(name, artifact.id, bundle.path(artifact), name, "bundle",
-                                 facts.get("parameters"), facts.get("macs")))
+                                 pruned.get("parameters_after", facts.get("parameters")),
+                                 pruned.get("macs_after", facts.get("macs"))))
     return entries, bundles
 
 

@@ -349,9 +349,11 @@ def _prune(source, request: PruneRequest, train, verify_set, ref_acc, epochs: in
     else:
         pruned, notes = pruning.structured_prune(model, request.amount)
         before = accuracy(predict(pruned, verify_set.x, source.spec, prepared=True), verify_set.y)
-        pruning.fine_tune(pruned, train, source.spec, epochs=epochs, lr=3e-4, seed=seed, verbose=verbose)
+        pruning.fine_tune(pruned, train, source.spec, epochs=epochs, lr=3e-4, seed=seed, verbose=verbose,
+                          teacher=model)
         report.update({
             "fraction": request.amount, "notes": notes, "finetune_lr": 3e-4,
+            "finetune_teacher": {"model": "the unpruned source", "alpha": pruning.TEACHER_ALPHA, "augment": "standard"},
             "parameters_before": int(model.count_params()), "parameters_after": int(pruned.count_params()),
             "macs_before": count_macs(model), "macs_after": count_macs(pruned),
         })
