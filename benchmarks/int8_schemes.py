@@ -27,7 +27,7 @@ def measure(model_path, data, calib_dir, calib_count: int = 300, runs: int = 300
     import contextlib
 
     from feredge.edge import formats
-    from feredge.edge.device import align_isa_caps, host_record, isa_caps
+    from feredge.edge.device import host_record, isa_caps
     from feredge.export import onnx as onnx_export
     from feredge.export import openvino as ov_export
     from feredge.export import tflite as tflite_export
@@ -80,7 +80,6 @@ def measure(model_path, data, calib_dir, calib_count: int = 300, runs: int = 300
                 r["latency_ms_p50"] = round(ms, 4)
     for r in rows:
         del r["path"], r["options"]
-    align_isa_caps()
     host = host_record() | ({"isa_cap": isa_caps()} if isa_caps() else {})
     return {"host": host, "model": {"name": source.name, "sha256": source.sha256},
             "keras_accuracy": ref.accuracy, "faces": len(faces), "faces_source": faces.source,

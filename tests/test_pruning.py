@@ -221,6 +221,7 @@ def test_structured_pruning_has_fewer_macs_and_still_runs(pruned_bundle):
     from feredge.benchmarks.family import bundle_entries
 
     entries, _ = bundle_entries([f"p={pruned_bundle.root}"], {"tflite"})
-    sizes = {e.artifact: (e.parameters, e.macs) for e in entries}  # the family plot places each network by its own size
+    sizes = {e.artifact: (e.parameters, e.macs) for e in entries}  # the family plot places a network by its size
     assert sizes["tflite-int8-structured25"] == (p["parameters_after"], p["macs_after"])
-    assert sizes["tflite-fp32"] == (pruned_bundle.manifest["model"]["parameters"], pruned_bundle.manifest["model"]["macs"])
+    model = pruned_bundle.manifest["model"]
+    assert sizes["tflite-fp32"] == (model["parameters"], model["macs"])

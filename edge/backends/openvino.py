@@ -12,6 +12,8 @@ from feredge.edge.backends.tflite import _first_line
 from feredge.edge.device import align_isa_caps
 
 HINTS = ("f32", "bf16", "f16")
+
+
 class OpenVINOBackend(Backend):
     format = "openvino"
 
